@@ -1,0 +1,130 @@
+"""Run configuration: pydantic models filled from a preset YAML, a config file and --set overrides."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from covid_cxr.data.spec import Preprocess
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the images come from and how they are split and balanced."""
+
+    source: str | None = None
+    reader: str = "auto"
+    reader_options: dict = Field(default_factory=dict)
+    classes: list[str] | None = Field(None, description="keep only these labels, in this order")
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="fraction of what remains after the test split")
+    test_per_class: int | None = Field(None, description="hold out exactly this many test images per class")
+    use_given_split: bool = Field(True, description="keep a split the source provides (Kermany train/test)")
+    group_by_patient: bool = True
+    balance: Literal["none", "undersample", "class_weights", "sampler"] = "none"
+    seed: int = 42
+
+
+class AugmentConfig(_Strict):
+    """Keras ImageDataGenerator-style augmentation; zeros mean off."""
+
+    rotation: float = 0.0
+    width_shift: float = 0.0
+    height_shift: float = 0.0
+    shear: float = 0.0
+    zoom: float = 0.0
+    channel_shift: float = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    featurewise_center: bool = False
+    featurewise_std_normalization: bool = False
+
+    @property
+    def active(self) -> bool:
+        """True when any random transform is on."""
+        return any(
+            [self.rotation, self.width_shift, self.height_shift, self.shear, self.zoom,
+             self.channel_shift, self.horizontal_flip, self.vertical_flip]
+        )
+
+
+class HeadConfig(_Strict):
+    """Classification head: pooling, hidden layers, dropout after each, final activation."""
+
+    pooling: Literal["gap", "avg4", "flatten", "avg4_flatten", "none"] = "gap"
+    hidden: list[int] = Field(default_factory=list)
+    dropout: list[float] = Field(default_factory=list, description="dropout after each hidden layer (0 = none)")
+    final_dropout: float = 0.0
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    output: Literal["softmax", "sigmoid"] = "softmax"
+
+
+class ModelConfig(_Strict):
+    """Backbone, weights, freezing and head."""
+
+    arch: str = "mobilenet_v2"
+    pretrained: str = Field("none", description="imagenet | file:PATH | none")
+    freeze: str = Field("none", description="all | none | up to a named layer (e.g. features.14)")
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: Literal["min", "max"] = "min"
+
+
+class CheckpointConfig(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class ReduceLROnPlateauConfig(_Strict):
+    monitor: str = "val_loss"
+    factor: float = 0.1
+    patience: int = 10
+    min_delta: float = 1e-4
+    min_lr: float = 0.0
+    mode: Literal["min", "max"] = "min"
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "sgd", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+class TrainConfig(_Strict):
+    """Loop settings handed to Lightning."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 42
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_workers: int = 0
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    reduce_lr: ReduceLROnPlateauConfig | None = None
+    cache_features: bool = Field(True, description="frozen backbone and no augmentation: train the head on cached features")
+
+
+class RunConfig(_Strict):
+    """Everything a run needs; written fully resolved to runs/<name>/config.yaml."""
+
+    name: str = "run"
+    description: str = ""
+    seed_ref: str = Field("", description="which seed notebook this reproduces")
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)

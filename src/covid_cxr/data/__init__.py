@@ -1,0 +1,1 @@
+"""Data layer: readers, checks, splits, preprocessing, cache and synthetic phantoms."""

@@ -1,0 +1,26 @@
+"""Typed errors: the CLI prints their message without a traceback and exits 2."""
+
+
+class CxrError(Exception):
+    """Base class of every error covid-cxr raises on purpose."""
+
+
+class DataError(CxrError):
+    """A data source cannot be read or is unusable."""
+
+
+class ImageError(DataError):
+    """One image file cannot be decoded; the message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ConfigError(CxrError):
+    """A preset, config file or override is invalid."""
+
+
+class BundleError(CxrError):
+    """A bundle is missing, corrupt or of an unknown format version."""
