@@ -106,6 +106,7 @@ class CheckReport:
     n_patients: int
     max_images_per_patient: int
     mean_images_per_patient: float
+    label_split: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     usable: bool = True
     unusable_reason: str = ""
@@ -244,9 +245,11 @@ def _class_stats(manifest: pd.DataFrame, readable: pd.DataFrame) -> list[ClassSt
     return stats
 
 
-def _label_source(readable: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """label -> source -> readable image count (zeros left out)."""
-    table = pd.crosstab(readable["label"].astype(str), readable["source"].astype(str))
+def _crosstab(readable: pd.DataFrame, column: str) -> dict[str, dict[str, int]]:
+    """label -> value of `column` -> readable image count (zeros left out; empty without the column)."""
+    if column not in readable or readable.empty:
+        return {}
+    table = pd.crosstab(readable["label"].astype(str), readable[column].fillna("").astype(str))
     return {label: {src: int(n) for src, n in row.items() if n > 0} for label, row in table.iterrows()}
 
 
@@ -312,7 +315,7 @@ def run_checks(
         axis=1,
     )
     classes = _class_stats(manifest, readable)
-    table = _label_source(readable)
+    table = _crosstab(readable, "source")
     per_patient = manifest["patient_id"].astype(str).value_counts()
     usable, reason = _usability(classes)
     report = CheckReport(
@@ -323,6 +326,7 @@ def run_checks(
         near_duplicate_distance=near_duplicate_distance,
         classes=classes,
         label_source=table,
+        label_split=_crosstab(readable, "split"),
         class_dependence=_dependence(table),
         confounded_sources=_confounding(table),
         n_patients=int(len(per_patient)),
@@ -451,15 +455,15 @@ def _class_table(report: CheckReport) -> Table:
     return table
 
 
-def _source_table(report: CheckReport) -> Table:
-    """Readable images per label and source."""
-    sources = sorted({s for row in report.label_source.values() for s in row})
-    table = Table(title="Label x source")
+def _crosstab_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
+    """Readable images per label and per value of another column (source, split)."""
+    values = sorted({s for row in counts.values() for s in row})
+    table = Table(title=title)
     table.add_column("label")
-    for source in sources:
-        table.add_column(source, justify="right")
-    for label, row in report.label_source.items():
-        table.add_row(label, *(str(row.get(s, 0)) for s in sources))
+    for value in values:
+        table.add_column(value, justify="right")
+    for label, row in counts.items():
+        table.add_row(label, *(str(row.get(v, 0)) for v in values))
     return table
 
 
@@ -483,7 +487,9 @@ def render_report(report: CheckReport, console: Console, limit: int = 10) -> Non
     """Print the report as rich tables; long listings show the first `limit` rows and a count."""
     console.print(_summary_table(report))
     console.print(_class_table(report))
-    console.print(_source_table(report))
+    console.print(_crosstab_table("Label x source", report.label_source))
+    if report.label_split:
+        console.print(_crosstab_table("Label x split (given by the source)", report.label_split))
     for flag in report.confounded_sources:
         console.print(
             f"[yellow]confounding: source {flag.source!r} is {100 * flag.share:.1f}% "
