@@ -138,6 +138,148 @@ def data_synth(
     console.print(f"wrote {len(frame)} phantoms to {out} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
 
 
+@app.command("presets")
+def presets() -> None:
+    """List the presets: each reproduces one seed notebook's pipeline."""
+    from rich.table import Table
+
+    from covid_cxr.training.presets import list_presets
+
+    table = Table(title="Presets")
+    for column in ("name", "description", "seed"):
+        table.add_column(column)
+    for info in list_presets():
+        table.add_row(info.name, info.description, info.seed_ref)
+    console.print(table)
+
+
+def _config(preset: str | None, config: Path | None, overrides: list[str] | None):
+    from covid_cxr.training.presets import load_config
+
+    if not preset and not config:
+        raise CxrError("give --preset NAME (see `covid-cxr presets`) or --config FILE")
+    return load_config(preset, config, overrides or [])
+
+
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="preset name (covid-cxr presets)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override KEY=VALUE, e.g. train.epochs=3")]
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder or CSV manifest")],
+    out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from checkpoints/last.ckpt")] = False,
+    folds: Annotated[Optional[int], typer.Option(help="k-fold cross-validation")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Lightning devices, e.g. 1, 4 or auto")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
+) -> None:
+    """Train a model and write the run folder (config, manifest, checks, checkpoints, metrics, bundle)."""
+    from covid_cxr.training.train import train_run
+
+    extra = [f"train.{k}={v}" for k, v in (("devices", devices), ("strategy", strategy), ("precision", precision)) if v]
+    cfg = _config(preset, config, [*(overrides or []), *extra])
+    result = train_run(cfg, data, out, resume=resume, folds=folds)
+    console.print(f"run folder: {result.out}")
+    if result.metrics:
+        console.print("test metrics: " + json.dumps(result.metrics, default=str))
+    if result.bundle:
+        console.print(f"bundle: {result.bundle}")
+
+
+@app.command("lr-find")
+def lr_find(
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder or CSV manifest")],
+    out: Annotated[Path, typer.Option("--out", help="folder for lr_find.png")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Learning-rate range test (seed 000): suggests a learning rate and saves the plot."""
+    from covid_cxr.training.lr_find import lr_find as run_lr_find
+
+    suggested, plot = run_lr_find(_config(preset, config, overrides), data, out)
+    console.print(f"suggested learning rate: {suggested:.3g}\nplot: {plot}")
+
+
+@app.command("predict")
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder (runs/NAME/bundle)")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders (PNG, JPEG, DICOM)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Class probabilities per image, with the bundle's own preprocessing."""
+    from rich.table import Table
+
+    from covid_cxr.bundle import load_bundle
+    from covid_cxr.data.manifest import is_image_file
+
+    files = [f for p in images for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))]
+    if not files:
+        raise CxrError("no image files given")
+    predictor = load_bundle(bundle)
+    results = predictor.predict_files(files)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    table = Table(title="Predictions (research use only, not for diagnosis)")
+    table.add_column("image")
+    for name in predictor.classes:
+        table.add_column(name, justify="right")
+    table.add_column("predicted")
+    for item in results:
+        table.add_row(Path(item["path"]).name, *(f"{item['probabilities'][c]:.3f}" for c in predictor.classes),
+                      item["predicted"])
+    console.print(table)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="folder for everything the demo writes")] = Path("demo-output"),
+    n: Annotated[int, typer.Option("--n", help="number of phantoms")] = 300,
+    train_model: Annotated[bool, typer.Option("--train/--no-train", help="train and predict after the data steps")] = True,
+) -> None:
+    """Synthetic phantoms -> checks -> figures -> train -> bundle -> predict, on 2 CPU cores."""
+    from covid_cxr.data.checks import save_report
+    from covid_cxr.data.figures import inspect_figures
+
+    phantoms = out / "phantoms"
+    console.rule("1. synthetic chest phantoms")
+    data_synth(phantoms, n=n, classes=None, size=128, shortcut_marker=False, seed=0)
+    console.rule("2. data check")
+    result = _read(phantoms, "auto", None)
+    report = _check(result)
+    from covid_cxr.data.checks import render_report
+
+    render_report(report, console, limit=3)
+    save_report(report, out / "checks.json")
+    console.rule("3. figures")
+    figures = inspect_figures(result.manifest, out / "figures", report=report)
+    console.print(f"wrote {len(figures)} figures to {out / 'figures'}")
+    if train_model:
+        _demo_train(out, phantoms)
+    console.rule("done")
+    console.print(f"checks: {out / 'checks.json'}\nfigures: {out / 'figures'}")
+
+
+def _demo_train(out: Path, phantoms: Path) -> None:
+    """The demo's training half: train the demo preset, then predict a few phantoms with the bundle."""
+    from covid_cxr.training.train import train_run
+
+    console.rule("4. train (preset 'demo')")
+    result = train_run(_config("demo", None, []), phantoms, out / "runs" / "demo")
+    console.print(f"test metrics: {json.dumps(result.metrics, default=str)}")
+    console.rule("5. predict with the bundle")
+    samples = sorted(p for p in phantoms.glob("*/*.png") if p.parent.name != "masks")[::60][:5]
+    predict(result.bundle, samples, as_json=False)
+    console.print(f"run folder: {result.out}\nbundle: {result.bundle}")
+
+
 def main() -> None:
     """Entry point: run the app, printing CxrError messages without a traceback (exit 2)."""
     try:
