@@ -1,0 +1,234 @@
+"""The bundle: the one deployable artifact (bundle.json + model.pt + model.onnx), written atomically.
+
+``model.onnx`` takes normalised NCHW float32 input named ``input`` (dynamic batch) and returns
+``probabilities`` (N, C): softmax(logits / T), or for a one-logit sigmoid head ``[1 - p, p]``.
+The temperature is baked into the ONNX graph, so any ONNX runtime serves calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import shutil
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from covid_cxr import __version__
+from covid_cxr.config import HeadConfig, RunConfig
+from covid_cxr.data.manifest import sha256_file
+from covid_cxr.data.spec import Preprocess
+from covid_cxr.errors import BundleError, ConfigError
+from covid_cxr.io import atomic_replace_dir
+from covid_cxr.models.zoo import build_model
+from covid_cxr.predictor import Backend, Predictor, Probabilities
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+BUNDLE_JSON = "bundle.json"
+MODEL_PT = "model.pt"
+MODEL_ONNX = "model.onnx"
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-4
+INTENDED_USE = "research only, not for diagnosis"
+_ONNX_IO = {"input": "input", "output": "probabilities", "opset": ONNX_OPSET}
+_REQUIRED_KEYS = ("format_version", "class_names", "arch", "head", "preprocess", "temperature", "files")
+
+
+def write_bundle(
+    out_dir: str | Path,
+    model: nn.Module,
+    config: RunConfig,
+    classes: list[str],
+    preprocess: Preprocess,
+    metrics: dict,
+    data_fingerprint: str,
+    temperature: float = 1.0,
+    export_onnx: bool = True,
+) -> Path:
+    """Write the bundle folder `out_dir` (replacing an older one atomically) and return its path."""
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        cpu_model = _build(final, config.model.arch, config.model.head, len(classes), preprocess)
+        _load_state(cpu_model, model.state_dict(), f"{final}: the model given for {config.model.arch!r}")
+        probs = Probabilities(cpu_model, len(classes), temperature, config.model.head.output).eval()
+        torch.save(cpu_model.state_dict(), tmp / MODEL_PT)
+        files = {MODEL_PT: sha256_file(tmp / MODEL_PT)}
+        if export_onnx:
+            _export_onnx(probs, preprocess, tmp / MODEL_ONNX)
+            files[MODEL_ONNX] = sha256_file(tmp / MODEL_ONNX)
+        info = _bundle_info(model, config, classes, preprocess, metrics, data_fingerprint, temperature, files)
+        (tmp / BUNDLE_JSON).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        atomic_replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (%s)", final, ", ".join(files))
+    return final
+
+
+def load_bundle(path: str | Path, backend: Backend = "auto", threads: int = 0) -> Predictor:
+    """Check and load a bundle folder into a Predictor; raises BundleError naming the file and problem.
+
+    ``backend``: ``auto`` (ONNX Runtime when model.onnx and onnxruntime are there, else torch),
+    ``onnx`` or ``torch``. ``threads``: ONNX Runtime intra-op threads (0 = one per physical core).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: bundle folder not found")
+    info = _read_info(folder / BUNDLE_JSON)
+    for name, digest in info["files"].items():
+        _check_file(folder / name, digest)
+    model = _rebuild_model(folder, info)
+    onnx_path = folder / MODEL_ONNX if MODEL_ONNX in info["files"] else None
+    return Predictor(model, info, onnx_path=onnx_path, backend=backend, threads=threads)
+
+
+def _bundle_info(
+    model: nn.Module,
+    config: RunConfig,
+    classes: list[str],
+    preprocess: Preprocess,
+    metrics: dict,
+    data_fingerprint: str,
+    temperature: float,
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """The bundle.json content."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "intended_use": INTENDED_USE,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "covid_cxr_version": __version__,
+        "run": {"name": config.name, "seed_ref": config.seed_ref},
+        "class_names": list(classes),
+        "arch": config.model.arch,
+        "head": config.model.head.model_dump(),
+        "preprocess": preprocess.model_dump(mode="json"),
+        "target_layer": model.target_layer_name,
+        "temperature": float(temperature),
+        "metrics": metrics,
+        "data_fingerprint": data_fingerprint,
+        "onnx": dict(_ONNX_IO) if MODEL_ONNX in files else None,
+        "files": files,
+    }
+
+
+def _export_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
+    """Export with a dynamic batch dimension and check ONNX Runtime agrees with PyTorch."""
+    example = torch.randn(2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter needs no onnxscript
+        torch.onnx.export(
+            probs,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+        )
+    _verify_onnx(probs, path, torch.cat([example, -example, example * 0.5]))
+
+
+def _verify_onnx(probs: nn.Module, path: Path, batch: torch.Tensor) -> None:
+    """Raise BundleError when ONNX Runtime's probabilities differ from PyTorch's by more than 1e-4."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": batch.numpy()})[0]
+    with torch.inference_mode():
+        want = probs(batch).numpy()
+    diff = float(np.abs(got - want).max())
+    if got.shape != want.shape or not diff <= ONNX_TOLERANCE:
+        raise BundleError(f"{path}: ONNX export disagrees with PyTorch (max abs diff {diff:.2e})")
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    """Parse and check bundle.json."""
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: unknown format_version {info.get('format_version')!r} "
+            f"(this covid-cxr {__version__} reads {FORMAT_VERSION!r})"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in info]
+    if missing:
+        raise BundleError(f"{path}: missing keys {', '.join(missing)}")
+    if not isinstance(info["files"], dict) or MODEL_PT not in info["files"]:
+        raise BundleError(f"{path}: 'files' must map {MODEL_PT} (and {MODEL_ONNX}) to their sha256")
+    temperature = info["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
+        raise BundleError(f"{path}: temperature must be a number > 0, got {temperature!r}")
+    return info
+
+
+def _check_file(path: Path, digest: str) -> None:
+    """Raise BundleError when a listed file is absent or its SHA-256 differs from bundle.json."""
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (listed in {BUNDLE_JSON})")
+    actual = sha256_file(path)
+    if actual != digest:
+        raise BundleError(f"{path}: sha256 mismatch (file {actual[:12]}..., {BUNDLE_JSON} {digest[:12]}...)")
+
+
+def _rebuild_model(folder: Path, info: dict[str, Any]) -> nn.Module:
+    """Build the architecture from bundle.json and load model.pt into it."""
+    try:
+        head = HeadConfig.model_validate(info["head"])
+        spec = Preprocess.model_validate(info["preprocess"])
+    except ValidationError as exc:
+        raise BundleError(f"{folder / BUNDLE_JSON}: invalid head or preprocess spec ({exc})") from None
+    model = _build(folder / BUNDLE_JSON, info["arch"], head, len(info["class_names"]), spec)
+    try:
+        state = torch.load(folder / MODEL_PT, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError) as exc:
+        raise BundleError(f"{folder / MODEL_PT}: not a readable state dict ({exc})") from None
+    _load_state(model, state, str(folder / MODEL_PT))
+    return model.eval()
+
+
+def _build(where: Path, arch: str, head: HeadConfig, num_classes: int, spec: Preprocess) -> nn.Module:
+    """build_model without weights for the spec's size and channels; failures name `where`."""
+    try:
+        return build_model(
+            arch, head, num_classes, pretrained="none", image_size=spec.size, in_chans=spec.channels
+        )
+    except (ValueError, ConfigError) as exc:
+        raise BundleError(f"{where}: cannot build {arch!r} with {num_classes} classes ({exc})") from None
+
+
+def _load_state(model: nn.Module, state: Any, what: str) -> None:
+    """load_state_dict, turning a shape or key mismatch into a BundleError naming `what`."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{what}: weights do not fit the architecture ({exc})") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """json.dumps fallback for numpy scalars and arrays and paths in the metrics summary."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"bundle metrics: {type(value).__name__} is not JSON serialisable")
