@@ -1,0 +1,113 @@
+"""LightningDataModule over cached arrays: uint8 images (normalised and augmented on device) or features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from covid_cxr.errors import DataError
+
+OnDevice = Callable[[torch.Tensor], torch.Tensor]
+
+
+class IndexedArrays(Dataset):
+    """Rows `indices` of an array (a uint8 image memmap or a feature tensor) with their integer labels."""
+
+    def __init__(self, inputs: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray) -> None:
+        self.inputs = inputs
+        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = int(self.indices[item])
+        x = self.inputs[row]
+        return (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x), self.labels[row]
+
+
+class CxrDataModule(L.LightningDataModule):
+    """Train/val/test loaders over one cached array, split by row positions.
+
+    Batches leave the loader as stored (uint8 NHWC images or float features); once on the device,
+    `prepare` (e.g. normalisation) runs on every batch and `augment` on training batches only.
+    A 4-D result is made channels_last. With `balance_sampler`, training draws a
+    WeightedRandomSampler (inverse class frequency); otherwise it shuffles with a seeded generator.
+    """
+
+    def __init__(
+        self,
+        inputs: np.ndarray | torch.Tensor,
+        labels: np.ndarray,
+        splits: Mapping[str, np.ndarray],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 42,
+        prepare: OnDevice | None = None,
+        augment: nn.Module | None = None,
+        balance_sampler: bool = False,
+    ) -> None:
+        super().__init__()
+        if not len(splits.get("train", ())) or not len(splits.get("val", ())):
+            raise DataError("training needs non-empty train and val splits")
+        self.inputs, self.labels, self.splits = inputs, np.asarray(labels), dict(splits)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.prepare_batch, self.augment, self.balance_sampler = prepare, augment, balance_sampler
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = self._sampler(generator) if self.balance_sampler else None
+        return self._loader("train", shuffle=sampler is None, sampler=sampler, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        """Normalise (and, when training, augment) the batch on its device."""
+        x, y = batch
+        if self.prepare_batch is not None:
+            x = self.prepare_batch(x)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _loader(
+        self,
+        split: str,
+        shuffle: bool = False,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        dataset = IndexedArrays(self.inputs, self.labels, self.splits.get(split, np.zeros(0, dtype=int)))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _sampler(self, generator: torch.Generator) -> WeightedRandomSampler:
+        """Draw training rows with probability inversely proportional to their class's size."""
+        y = self.labels[self.splits["train"]]
+        counts = np.bincount(y)
+        weights = 1.0 / counts[y]
+        return WeightedRandomSampler(
+            weights.tolist(), num_samples=len(y), replacement=True, generator=generator
+        )
