@@ -130,6 +130,7 @@ def _export_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
     example = torch.randn(2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter needs no onnxscript
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape arithmetic traced as constants
         torch.onnx.export(
             probs,
             (example,),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,6 +42,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug 
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
     )
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own pytree deprecation
     for noisy in ("PIL", "matplotlib", "lightning.fabric", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
