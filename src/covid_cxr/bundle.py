@@ -66,7 +66,7 @@ def write_bundle(
         torch.save(cpu_model.state_dict(), tmp / MODEL_PT)
         files = {MODEL_PT: sha256_file(tmp / MODEL_PT)}
         if export_onnx:
-            _export_onnx(probs, preprocess, tmp / MODEL_ONNX)
+            save_onnx(probs, preprocess, tmp / MODEL_ONNX)
             files[MODEL_ONNX] = sha256_file(tmp / MODEL_ONNX)
         info = _bundle_info(model, config, classes, preprocess, metrics, data_fingerprint, temperature, files)
         (tmp / BUNDLE_JSON).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n", encoding="utf-8")
@@ -125,7 +125,7 @@ def _bundle_info(
     }
 
 
-def _export_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
+def save_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
     """Export with a dynamic batch dimension and check ONNX Runtime agrees with PyTorch."""
     example = torch.randn(2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():

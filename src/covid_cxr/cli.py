@@ -211,7 +211,7 @@ def lr_find(
 
 @app.command("predict")
 def predict(
-    bundle: Annotated[Path, typer.Argument(help="bundle folder (runs/NAME/bundle)")],
+    bundle: Annotated[Path, typer.Argument(help="run folder or bundle folder (runs/NAME/bundle)")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders (PNG, JPEG, DICOM)")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -219,12 +219,11 @@ def predict(
     from rich.table import Table
 
     from covid_cxr.bundle import load_bundle
-    from covid_cxr.data.manifest import is_image_file
 
-    files = [f for p in images for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))]
+    files = _image_files(images)
     if not files:
         raise CxrError("no image files given")
-    predictor = load_bundle(bundle)
+    predictor = load_bundle(_bundle_dir(bundle))
     results = predictor.predict_files(files)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
@@ -238,6 +237,84 @@ def predict(
         table.add_row(Path(item["path"]).name, *(f"{item['probabilities'][c]:.3f}" for c in predictor.classes),
                       item["predicted"])
     console.print(table)
+
+
+def _bundle_dir(path: Path) -> Path:
+    """Accept a run folder (runs/NAME) or its bundle folder."""
+    return path / "bundle" if (path / "bundle" / "bundle.json").is_file() else path
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to the images inside them."""
+    from covid_cxr.data.manifest import is_image_file
+
+    return [f for p in paths for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))]
+
+
+def _test_split_images(run: Path) -> list[Path]:
+    """The test-split images of a run folder (its manifest.csv)."""
+    from covid_cxr.data.manifest import load_manifest
+
+    manifest_csv = run / "manifest.csv"
+    if not manifest_csv.is_file():
+        raise CxrError(f"{run}: no images given and no manifest.csv to take the test split from")
+    frame = load_manifest(manifest_csv)
+    return [Path(p) for p in frame.loc[frame["split"] == "test", "path"]]
+
+
+@app.command("explain")
+def explain(
+    bundle: Annotated[Path, typer.Argument(help="run folder or bundle folder")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="images or folders; none = the run's test split")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for the panels and overlays")] = Path("explanations"),
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, guided, hirescam, xgradcam, layercam, eigencam, scorecam")] = "gradcam",
+    target: Annotated[str, typer.Option("--class", help="class name to explain, or 'predicted'")] = "predicted",
+    layer: Annotated[Optional[str], typer.Option(help="target layer name (default: the bundle's)")] = None,
+    colormap: Annotated[str, typer.Option(help="jet or hot (also inferno, turbo, viridis)")] = "jet",
+    alpha: Annotated[float, typer.Option(help="overlay opacity of the heatmap")] = 0.5,
+) -> None:
+    """Grad-CAM heatmaps at the original resolution: panel original | heatmap | overlay per image."""
+    from covid_cxr.bundle import load_bundle
+    from covid_cxr.explain.cam import explain_batch
+
+    files = _image_files(images) if images else _test_split_images(bundle)
+    if not files:
+        raise CxrError("no image files to explain")
+    predictor = load_bundle(_bundle_dir(bundle))
+    written = explain_batch(predictor, files, out, method=method, target=None if target == "predicted" else target,
+                            layer=layer, colormap=colormap, alpha=alpha)
+    console.print(f"wrote {len(written)} files for {len(files)} images to {out}")
+
+
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder or bundle folder")],
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="make sure bundle/model.onnx exists and matches PyTorch")] = True,
+    triton: Annotated[Optional[Path], typer.Option("--triton", help="also write a Triton/KServe model repository here")] = None,
+) -> None:
+    """ONNX export (dynamic batch, checked against PyTorch) and an optional Triton model repository."""
+    from covid_cxr.export import export_run
+
+    result = export_run(run, onnx=onnx, triton_dir=triton)
+    console.print(json.dumps(result, indent=2, default=str))
+
+
+@app.command("serve")
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="run folder or bundle folder")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    api_key: Annotated[Optional[str], typer.Option(envvar="COVID_CXR_API_KEY", help="require this key (X-API-Key or Bearer)")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="model name in the URLs (default: the run name)")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload in MB")] = 50.0,
+) -> None:
+    """REST server (TF-Serving, KServe v2, multipart) and the web page at /. Research use only."""
+    from covid_cxr.serving import serve as run_server
+
+    console.print(f"serving {bundle} on http://{host}:{port}/ (page), http://{host}:{port}/docs (API)")
+    run_server(_bundle_dir(bundle), host=host, port=port, workers=workers, api_key=api_key, model_name=model_name,
+               max_upload_bytes=int(max_upload_mb * 1_000_000))
 
 
 @app.command("demo")

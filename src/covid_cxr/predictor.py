@@ -75,7 +75,7 @@ class Predictor:
         self._probabilities = Probabilities(
             model, len(self.classes), info["temperature"], info["head"]["output"]
         ).eval()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._session = _onnx_session(onnx_path, backend, threads)
         self.backend = "onnx" if self._session is not None else "torch"
         if self.backend == "torch":
@@ -100,7 +100,7 @@ class Predictor:
         if self._session is not None:
             return self._session.run(None, {self._session.get_inputs()[0].name: arr})[0]
         tensor = torch.from_numpy(arr).contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             return self._probabilities(tensor).float().numpy()
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 16) -> list[dict[str, Any]]:
@@ -114,6 +114,13 @@ class Predictor:
             }
             for path, row in zip(paths, probs, strict=True)
         ]
+
+    def explain(self, image: ImageInput, target: str | int | None = None, method: str = "gradcam",
+                **options: Any) -> Any:
+        """Grad-CAM for one image: probabilities, heatmap at the original resolution, overlay and panel."""
+        from covid_cxr.explain.cam import explain_with_predictor  # lazy: explain imports this module
+
+        return explain_with_predictor(self, _decode(image), method=method, target=target, **options)
 
     def _batches(self, images: Sequence[ImageInput], batch_size: int) -> Iterator[torch.Tensor]:
         """Decode and preprocess lazily, one batch at a time, so memory stays bounded."""

@@ -1,0 +1,26 @@
+"""Explanations: class activation maps, overlays and their quality on phantoms."""
+
+from covid_cxr.explain.cam import (
+    METHODS,
+    CamModel,
+    Explanation,
+    GuidedGradCAM,
+    explain,
+    explain_batch,
+    explain_with_predictor,
+)
+from covid_cxr.explain.quality import energy_in_mask, explanation_quality, faithfulness, pointing_game
+
+__all__ = [
+    "METHODS",
+    "CamModel",
+    "Explanation",
+    "GuidedGradCAM",
+    "energy_in_mask",
+    "explain",
+    "explain_batch",
+    "explain_with_predictor",
+    "explanation_quality",
+    "faithfulness",
+    "pointing_game",
+]

@@ -1,0 +1,375 @@
+"""Class activation maps (pytorch-grad-cam) on a classifier's torch model, at the original image's size.
+
+Each request runs inside ``with Method(model=..., target_layers=[...]) as cam:`` so the hooks are
+released, with the model in eval mode and no parameter gradients; afterwards every module's
+train/eval mode and every parameter's ``requires_grad`` and ``.grad`` are what they were.
+
+Example:
+    >>> predictor = covid_cxr.load_bundle("runs/demo/bundle")
+    >>> result = explain(predictor, load_image("chest.png"), method="gradcam++")
+    >>> Path("chest_panel.png").write_bytes(result.panel_png())
+
+References: Selvaraju et al., "Grad-CAM", ICCV 2017; Gildenblat et al., pytorch-grad-cam.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+from torch import nn
+
+from covid_cxr.data.images import load_image
+from covid_cxr.data.manifest import is_image_file
+from covid_cxr.data.preprocess import preprocess
+from covid_cxr.data.spec import Preprocess
+from covid_cxr.errors import ConfigError, CxrError, ImageError
+from covid_cxr.explain.overlay import blend, colorize, compose_panel, encode_png, to_original, to_rgb
+from covid_cxr.io import atomic_write_bytes
+from covid_cxr.models.heads import num_outputs
+from covid_cxr.models.zoo import find_target_layer
+from covid_cxr.predictor import Probabilities
+
+if TYPE_CHECKING:
+    from covid_cxr.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+Target = str | int | None
+_LAYER_DEPTH = 3  # candidate layers listed in errors: up to backbone.<a>.<b>
+_LISTED = 25
+_PROBE_SIZE = 64
+
+
+class GuidedGradCAM(BaseCAM):
+    """Seed 003's "guided gradients" Grad-CAM: each channel's weight is the spatial mean of the gradients
+    kept only where both gradient and activation are positive, ``mean((A > 0) * (dY/dA > 0) * dY/dA)``.
+
+    Not Springenberg's guided backpropagation: only the channel weights change, as in the seed.
+    """
+
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: list[Any],
+        activations: np.ndarray,
+        grads: np.ndarray,
+    ) -> np.ndarray:
+        """Per-channel weights (N, K) from positive gradients at positive activations."""
+        guided = np.where((activations > 0) & (grads > 0), grads, 0.0)
+        return guided.mean(axis=tuple(range(2, guided.ndim)))
+
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "guided": GuidedGradCAM,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+}
+
+
+@dataclass(frozen=True)
+class CamModel:
+    """What a CAM needs from a classifier: its torch model (logits), preprocessing, class names and head.
+
+    ``layer`` is the default target layer (None: the model's ``target_layer_name``, else the last Conv2d);
+    ``lock`` serialises requests on the model (hooks and mode switches are not thread-safe).
+    """
+
+    model: nn.Module
+    spec: Preprocess
+    classes: list[str]
+    output: str = "softmax"
+    temperature: float = 1.0
+    layer: str | None = None
+    lock: AbstractContextManager[Any] = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_predictor(cls, predictor: Predictor) -> CamModel:
+        """The CAM view of a Predictor: its torch model, spec, classes, bundle target layer and lock."""
+        info = predictor.info
+        return cls(predictor.model, predictor.preprocess, list(predictor.classes), info["head"]["output"],
+                   float(info["temperature"]), info.get("target_layer"), predictor.lock)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained image: probabilities, the explained class, and the heatmap at the original size.
+
+    ``heatmap`` is float32 (H, W) in [0, 1]; ``overlay`` and ``panel`` (original | heatmap | overlay)
+    are uint8 RGB.
+    """
+
+    probabilities: dict[str, float]
+    target_class: str
+    method: str
+    layer: str
+    heatmap: np.ndarray
+    overlay: np.ndarray
+    panel: np.ndarray
+
+    def overlay_png(self) -> bytes:
+        """The overlay as PNG bytes."""
+        return encode_png(self.overlay)
+
+    def panel_png(self) -> bytes:
+        """The three-image panel as PNG bytes."""
+        return encode_png(self.panel)
+
+
+def explain(
+    model: Predictor | CamModel,
+    image: np.ndarray,
+    method: str = "gradcam",
+    target: Target = None,
+    layer: str | None = None,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> Explanation:
+    """Explain one decoded image (uint8, any size) for ``target`` (class name, index, None = predicted)."""
+    subject = as_cam_model(model)
+    probabilities, target_class, heat, layer_name = compute_heatmap(subject, image, method, target, layer)
+    original = to_rgb(image)
+    colored = colorize(heat, colormap)
+    overlay = blend(original, colored, alpha)
+    return Explanation(probabilities, target_class, method, layer_name, heat, overlay,
+                       compose_panel(original, colored, overlay))
+
+
+def explain_with_predictor(
+    predictor: Predictor,
+    image: np.ndarray,
+    method: str = "gradcam",
+    target: Target = None,
+    layer: str | None = None,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> Explanation:
+    """explain() on a loaded bundle's Predictor (what ``Predictor.explain`` and the server call)."""
+    return explain(CamModel.from_predictor(predictor), image, method, target, layer, colormap, alpha)
+
+
+def explain_batch(
+    predictor: Predictor | CamModel,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    method: str = "gradcam",
+    target: Target = None,
+    layer: str | None = None,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> list[Path]:
+    """Write ``<stem>_panel.png`` and ``<stem>_overlay.png`` per image (folders are expanded); return them.
+
+    A file that cannot be decoded is skipped with a warning naming it and the reason.
+    """
+    subject, out = as_cam_model(predictor), Path(out_dir)
+    written: list[Path] = []
+    for path in _expand(paths):
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            log.warning("skipped %s", exc)
+            continue
+        result = explain(subject, image, method, target, layer, colormap, alpha)
+        stem = _unique_stem(path.stem, written)
+        for suffix, data in (("panel", result.panel_png()), ("overlay", result.overlay_png())):
+            atomic_write_bytes(out / f"{stem}_{suffix}.png", data)
+            written.append(out / f"{stem}_{suffix}.png")
+        log.info("%s: %s of %s (p=%.3f)", path, method, result.target_class,
+                 result.probabilities[result.target_class])
+    return written
+
+
+def compute_heatmap(
+    model: Predictor | CamModel,
+    image: np.ndarray,
+    method: str = "gradcam",
+    target: Target = None,
+    layer: str | None = None,
+) -> tuple[dict[str, float], str, np.ndarray, str]:
+    """(probabilities, target class, float32 heatmap at the image's size in [0, 1], layer name)."""
+    subject = as_cam_model(model)
+    x = preprocess(image, subject.spec).unsqueeze(0)
+    with subject.lock:
+        name, _ = resolve_layer(subject.model, layer or subject.layer)
+        probs = predict_probabilities(subject, x)[0]
+        index = resolve_target(target, subject.classes, probs)
+        cam = input_cams(subject, x, [index], method, name)[0]
+    height, width = image.shape[:2]
+    heat = to_original(cam, height, width, subject.spec.keep_aspect)
+    return dict(zip(subject.classes, map(float, probs), strict=True)), subject.classes[index], heat, name
+
+
+def input_cams(
+    subject: CamModel,
+    x: torch.Tensor,
+    targets: Sequence[int],
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] at the model input's resolution for a preprocessed batch and class indices.
+
+    The caller holds ``subject.lock`` when other threads may use the model.
+    """
+    cam_class = _method(method)
+    name, module = resolve_layer(subject.model, layer or subject.layer)
+    single_logit = num_outputs(subject.output, len(subject.classes)) == 1
+    wrap = BinaryClassifierOutputTarget if single_logit else ClassifierOutputTarget
+    x = x.detach().to(_device(subject.model)).requires_grad_(True)  # gradients reach the layer, not weights
+    with (
+        isolated(subject.model),
+        torch.enable_grad(),
+        cam_class(model=subject.model, target_layers=[module]) as cam,
+    ):
+        try:
+            cams = cam(input_tensor=x, targets=[wrap(int(t)) for t in targets])
+        except IndexError as exc:  # BaseCAM.__exit__ would swallow it
+            raise CxrError(f"{method} on layer {name}: no activations or gradients ({exc})") from exc
+    return np.nan_to_num(np.asarray(cams, dtype=np.float32), nan=0.0)
+
+
+def predict_probabilities(subject: CamModel, x: torch.Tensor) -> np.ndarray:
+    """(N, C) probabilities of a preprocessed batch with the subject's head output and temperature."""
+    probs = Probabilities(subject.model, len(subject.classes), subject.temperature, subject.output)
+    with isolated(subject.model), torch.no_grad():
+        return probs(x.to(_device(subject.model))).float().cpu().numpy()
+
+
+def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The target layer: ``name``, else ``model.target_layer_name``, else the last Conv2d.
+
+    A backbone-relative name (``features.18``, as the registry writes it) also works. Raises
+    ConfigError listing the layers with a 4-D output when ``name`` is not a submodule.
+    """
+    name = name or getattr(model, "target_layer_name", None) or find_target_layer(model)
+    modules = dict(model.named_modules())
+    if name not in modules and f"backbone.{name}" in modules:
+        name = f"backbone.{name}"
+    if name not in modules or not name:
+        candidates = layer_candidates(model)
+        shown = candidates[-_LISTED:]
+        more = "..., " if len(candidates) > len(shown) else ""
+        raise ConfigError(
+            f"no layer {name!r} in {type(model).__name__}; layers with a 4-D output: {more}{', '.join(shown)}"
+        )
+    return name, modules[name]
+
+
+def layer_candidates(model: nn.Module) -> list[str]:
+    """Names (at most three levels deep) of the modules with a 4-D output, in forward order.
+
+    Found with one forward pass of zeros at ``model.image_size`` (64 px when the model has none).
+    """
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    size = getattr(model, "image_size", _PROBE_SIZE)
+    found: list[str] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                found.append(name)
+
+        return hook
+
+    named = [(n, m) for n, m in model.named_modules() if n and n.count(".") < _LAYER_DEPTH]
+    hooks = [module.register_forward_hook(record(name)) for name, module in named]
+    try:
+        with isolated(model), torch.no_grad():
+            model(torch.zeros(1, first.in_channels, size, size, device=_device(model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(found))
+
+
+def resolve_target(target: Target, classes: Sequence[str], probabilities: np.ndarray) -> int:
+    """Class index of ``target``: a class name, an index, or None for the most probable class."""
+    if target is None:
+        return int(np.argmax(probabilities))
+    if isinstance(target, str) and target in classes:
+        return list(classes).index(target)
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(classes):
+        return target
+    raise ConfigError(
+        f"unknown target class {target!r}; use one of {', '.join(classes)} or an index 0..{len(classes) - 1}"
+    )
+
+
+def as_cam_model(model: Predictor | CamModel) -> CamModel:
+    """A CamModel as it is, or the CAM view of a Predictor."""
+    return model if isinstance(model, CamModel) else CamModel.from_predictor(model)
+
+
+@contextmanager
+def isolated(model: nn.Module) -> Iterator[None]:
+    """Eval mode without parameter gradients; modes, ``requires_grad`` and ``.grad`` restored on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for p, flag, grad in params:
+            p.requires_grad_(flag)
+            p.grad = grad
+
+
+def _method(name: str) -> type[BaseCAM]:
+    """The CAM class registered as ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown CAM method {name!r}; valid: {', '.join(METHODS)}") from None
+
+
+def _device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless model)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def _expand(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders replaced by their image files (sorted, not recursive)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if is_image_file(p))
+        else:
+            files.append(path)
+    return files
+
+
+def _unique_stem(stem: str, written: list[Path]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... when an earlier image of this batch had the same name."""
+    taken = {p.name for p in written}
+    candidate, k = stem, 1
+    while f"{candidate}_panel.png" in taken:
+        k += 1
+        candidate = f"{stem}-{k}"
+    return candidate

@@ -1,0 +1,98 @@
+"""FastAPI dependencies: the served model, the API-key check, the model-name check, the bounded body."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Request
+
+from covid_cxr.bundle import load_bundle
+from covid_cxr.export import model_name
+from covid_cxr.predictor import Predictor
+from covid_cxr.serving.batching import DirectRunner, make_runner
+from covid_cxr.serving.settings import Settings
+
+MODEL_VERSION = "1"
+
+
+@dataclass
+class ServerState:
+    """What the lifespan handler loads once and every request reads."""
+
+    settings: Settings
+    predictor: Predictor
+    model_name: str
+    runner: DirectRunner
+
+    @classmethod
+    def load(cls, settings: Settings) -> ServerState:
+        """Load the bundle and build the (not yet started) runner; blocking."""
+        predictor = load_bundle(settings.bundle, settings.backend, settings.threads)
+        runner = make_runner(
+            predictor.predict_tensor, settings.batching, settings.max_batch, settings.max_wait_ms / 1000
+        )
+        return cls(settings, predictor, settings.model_name or model_name(predictor.info), runner)
+
+
+def get_state(request: Request) -> ServerState:
+    """The state the lifespan handler stored on the app."""
+    return request.app.state.served
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def get_predictor(state: StateDep) -> Predictor:
+    """The loaded bundle's Predictor."""
+    return state.predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def require_api_key(
+    state: StateDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    """401 unless the settings' api_key came as `X-API-Key` or `Authorization: Bearer`."""
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    bearer = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
+    given = x_api_key if x_api_key is not None else bearer
+    if given is None or not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(
+            401,
+            "missing or wrong API key (send X-API-Key or Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def served_model(state: StateDep, name: Annotated[str, Path(description="served model name")]) -> str:
+    """The model name in the path, or 404 naming the one this server serves."""
+    if name != state.model_name:
+        raise HTTPException(404, f"model {name!r} not found; this server serves {state.model_name!r}")
+    return name
+
+
+ModelDep = Annotated[str, Depends(served_model)]
+
+
+async def read_body(request: Request, state: StateDep) -> bytes:
+    """The request body in memory, refused with 413 as soon as it passes max_upload_bytes."""
+    limit = state.settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]

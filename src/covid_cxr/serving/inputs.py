@@ -1,0 +1,129 @@
+"""Request payloads (JSON arrays, base64 images, uploads) -> model input, or a 4xx naming the problem."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+from pydantic import BaseModel, ValidationError
+from python_multipart.exceptions import FormParserError, MultipartParseError
+from python_multipart.multipart import Field, File, FormParser, parse_options_header
+
+from covid_cxr.data.images import decode_bytes
+from covid_cxr.data.preprocess import preprocess
+from covid_cxr.data.spec import Preprocess
+
+UPLOAD_NAME = "upload"
+
+
+def parse_json(body: bytes, model: type[BaseModel]) -> Any:
+    """Validate a JSON body: 400 when it is not JSON, 422 when its fields are wrong."""
+    if not body:
+        raise HTTPException(400, "empty request body; expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise HTTPException(400, f"malformed JSON: {errors[0]['msg']}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
+        raise HTTPException(422, f"invalid request: {problems}") from None
+
+
+def image_tensor(data: bytes, spec: Preprocess, max_pixels: int, name: str = UPLOAD_NAME) -> np.ndarray:
+    """Encoded image bytes -> the model's (C, H, W) float32 input; ImageError when undecodable."""
+    return preprocess(decode_bytes(data, name, max_pixels), spec).numpy()
+
+
+def b64_bytes(value: Any, where: str) -> bytes:
+    """Standard or URL-safe base64 text -> bytes; 400 naming `where` otherwise."""
+    if not isinstance(value, str):
+        raise HTTPException(400, f"{where}: 'b64' must be a base64 string, got {type(value).__name__}")
+    try:
+        text = value.strip().replace("-", "+").replace("_", "/")
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, f"{where}: invalid base64 ({exc})") from None
+
+
+def numeric_array(value: Any, where: str) -> np.ndarray:
+    """A (nested) list of finite numbers -> float32 array; 400 naming `where` otherwise."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, RecursionError):
+        arr = np.asarray([], dtype=object)
+    if arr.dtype.kind not in "iuf":
+        raise HTTPException(400, f"{where}: expected a rectangular array of numbers")
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise HTTPException(400, f"{where}: values must be finite float32 numbers")
+    return out
+
+
+def array_instance(value: Any, spec: Preprocess, where: str) -> np.ndarray:
+    """A preprocessed H x W x C (or H x W for one channel) number array -> (C, H, W) float32."""
+    size, channels = spec.size, spec.channels
+    expected = f"[{size}, {size}, {channels}]" + (f" or [{size}, {size}]" if channels == 1 else "")
+    arr = numeric_array(value, where)
+    if arr.ndim == 2 and channels == 1:
+        arr = arr[:, :, None]
+    if arr.shape != (size, size, channels):
+        raise HTTPException(400, f"{where}: expected shape {expected} (NHWC), got {list(arr.shape)}")
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def instance_tensor(value: Any, spec: Preprocess, max_pixels: int, where: str) -> np.ndarray:
+    """One TF-Serving instance ({"b64": ...}, {"input": ...} or an array) -> (C, H, W) float32."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            return image_tensor(b64_bytes(value["b64"], where), spec, max_pixels, where)
+        if set(value) == {"input"}:
+            return instance_tensor(value["input"], spec, max_pixels, where)
+        raise HTTPException(400, f'{where}: an object instance must be {{"b64": ...}} or {{"input": ...}}')
+    return array_instance(value, spec, where)
+
+
+def batch_tensor(values: list[Any], spec: Preprocess, max_pixels: int, max_instances: int) -> np.ndarray:
+    """A list of instances -> (N, C, H, W) float32, refusing an empty or over-long list."""
+    if not values:
+        raise HTTPException(400, "no instances given")
+    if len(values) > max_instances:
+        raise HTTPException(413, f"{len(values)} instances exceed the limit of {max_instances} per request")
+    return np.stack([instance_tensor(v, spec, max_pixels, f"instance {i}") for i, v in enumerate(values)])
+
+
+def upload_bytes(body: bytes, content_type: str | None) -> tuple[bytes, str]:
+    """The uploaded file (multipart part, or the raw body) and its file name, parsed in memory."""
+    if not body:
+        raise HTTPException(400, "empty request body; send an image file (multipart field 'file')")
+    mime, options = parse_options_header(content_type or "")
+    if mime != b"multipart/form-data":
+        return body, UPLOAD_NAME
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "multipart/form-data without a boundary parameter")
+    parts: list[File | Field] = []
+    cfg = {"MAX_MEMORY_FILE_SIZE": len(body) + 1, "MAX_HEADER_COUNT": 16}
+    try:
+        parser = FormParser("multipart/form-data", parts.append, parts.append, boundary=boundary, config=cfg)
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, MultipartParseError, ValueError) as exc:
+        raise HTTPException(400, f"malformed multipart body ({exc})") from None
+    files = [p for p in parts if isinstance(p, File)] or [p for p in parts if p.field_name == b"file"]
+    if len(files) != 1:
+        raise HTTPException(400, f"expected one file in the multipart body (field 'file'), got {len(files)}")
+    return _part_data(files[0])
+
+
+def _part_data(part: File | Field) -> tuple[bytes, str]:
+    """Bytes and name of an in-memory multipart part."""
+    if isinstance(part, Field):
+        return part.value or b"", UPLOAD_NAME
+    name = (part.file_name or b"").decode("utf-8", "replace").rsplit("/", 1)[-1] or UPLOAD_NAME
+    part.file_object.seek(0)
+    return part.file_object.read(), name

@@ -1,0 +1,130 @@
+"""TF-Serving REST API: model status, metadata, :predict (instances / inputs) and :explain."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException
+
+from covid_cxr.serving.deps import (
+    MODEL_VERSION,
+    BodyDep,
+    ModelDep,
+    PredictorDep,
+    ServerState,
+    StateDep,
+    require_api_key,
+)
+from covid_cxr.serving.inputs import b64_bytes, batch_tensor, parse_json
+from covid_cxr.serving.schemas import ERRORS, TFExplainResponse, TFPredictRequest, TFPredictResponse
+from covid_cxr.serving.schemas import TFColumnarResponse as Columnar
+from covid_cxr.serving.service import explain_bytes
+
+router = APIRouter(
+    prefix="/v1/models", tags=["TF-Serving REST"], dependencies=[Depends(require_api_key)], responses=ERRORS
+)
+
+SIGNATURE = "serving_default"
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": TFPredictRequest.model_json_schema()}},
+        "description": 'instances: preprocessed [H, W, C] float arrays or {"b64": "<image file, base64>"}',
+    }
+}
+
+
+@router.get("/{name}")
+def model_status(name: ModelDep) -> dict[str, Any]:
+    """TF-Serving's GetModelStatus: one version, AVAILABLE."""
+    status = {"error_code": "OK", "error_message": ""}
+    return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE", "status": status}]}
+
+
+@router.get("/{name}/metadata")
+def model_metadata(name: ModelDep, predictor: PredictorDep) -> dict[str, Any]:
+    """TF-Serving's GetModelMetadata: the serving_default signature, plus class names and preprocessing."""
+    spec = predictor.preprocess
+    signature = {
+        "inputs": {"input": _tensor_info("input", [-1, spec.size, spec.size, spec.channels])},
+        "outputs": {"probabilities": _tensor_info("probabilities", [-1, len(predictor.classes)])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return {
+        "model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
+        "metadata": {
+            "signature_def": {"signature_def": {SIGNATURE: signature}},
+            "class_names": predictor.classes,
+            "preprocess": spec.model_dump(mode="json"),
+        },
+    }
+
+
+@router.post("/{name}:predict", response_model=TFPredictResponse | Columnar, openapi_extra=_BODY_DOC)
+async def predict(name: ModelDep, state: StateDep, body: BodyDep) -> dict[str, Any]:
+    """Probabilities for each instance: `{"predictions": [[p, ...], ...]}` (or `{"outputs": ...}`)."""
+    x, row_format = await asyncio.to_thread(_predict_input, body, state)
+    rows = (await state.runner.run(x)).tolist()
+    return {"predictions": rows} if row_format else {"outputs": rows}
+
+
+@router.post("/{name}:explain", response_model=TFExplainResponse, openapi_extra=_BODY_DOC)
+async def explain(name: ModelDep, state: StateDep, body: BodyDep) -> dict[str, Any]:
+    """Probabilities and the Grad-CAM overlay (base64 PNG) of each `{"b64": ...}` instance."""
+    images = await asyncio.to_thread(_explain_input, body, state.settings.max_instances)
+    results = [await asyncio.to_thread(explain_bytes, state, data, where) for data, where in images]
+    return {"explanations": [r.model_dump(exclude={"model", "image_png"}) for r in results]}
+
+
+def _request(body: bytes) -> TFPredictRequest:
+    """Parse the body and check the signature and that exactly one of instances/inputs is given."""
+    request: TFPredictRequest = parse_json(body, TFPredictRequest)
+    if request.signature_name not in (None, "", SIGNATURE):
+        raise HTTPException(400, f"unknown signature_name {request.signature_name!r}; use {SIGNATURE!r}")
+    if (request.instances is None) == (request.inputs is None):
+        raise HTTPException(400, "give exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    return request
+
+
+def _predict_input(body: bytes, state: ServerState) -> tuple[np.ndarray, bool]:
+    """Parse, decode and preprocess a :predict body (blocking): (N, C, H, W) input, row format or not."""
+    request = _request(body)
+    row_format = request.instances is not None
+    values = request.instances if row_format else _columnar(request.inputs)
+    s = state.settings
+    return batch_tensor(values, state.predictor.preprocess, s.max_pixels, s.max_instances), row_format
+
+
+def _explain_input(body: bytes, max_instances: int) -> list[tuple[bytes, str]]:
+    """Parse an :explain body (blocking): the encoded image and a name for each instance."""
+    request = _request(body)
+    values = request.instances if request.instances is not None else _columnar(request.inputs)
+    if not values or len(values) > max_instances:
+        raise HTTPException(413 if values else 400, f"give 1 to {max_instances} instances")
+    return [_encoded(v, f"instance {i}") for i, v in enumerate(values)]
+
+
+def _columnar(inputs: Any) -> list[Any]:
+    """Columnar `inputs`: the batch itself, or `{"input": batch}`."""
+    if isinstance(inputs, dict) and set(inputs) == {"input"}:
+        inputs = inputs["input"]
+    if not isinstance(inputs, list):
+        raise HTTPException(400, "'inputs' must be a batch (a list) or {\"input\": batch}")
+    return inputs
+
+
+def _encoded(value: Any, where: str) -> tuple[bytes, str]:
+    """The encoded image of an :explain instance, which must be {"b64": ...}."""
+    if isinstance(value, dict) and set(value) == {"input"}:
+        value = value["input"]
+    if not (isinstance(value, dict) and set(value) == {"b64"}):
+        raise HTTPException(400, f'{where}: :explain needs the image file as {{"b64": "..."}}')
+    return b64_bytes(value["b64"], where), where
+
+
+def _tensor_info(name: str, shape: list[int]) -> dict[str, Any]:
+    """A TensorInfo as TF-Serving writes it in JSON."""
+    dims = [{"size": str(size), "name": ""} for size in shape]
+    return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": f"{name}:0"}

@@ -1,0 +1,54 @@
+"""Multipart uploads (PNG, JPEG, DICOM...): POST /predict and POST /explain, parsed in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from covid_cxr.serving.deps import BodyDep, StateDep, require_api_key
+from covid_cxr.serving.inputs import image_tensor, upload_bytes
+from covid_cxr.serving.schemas import ERRORS, ClassResult, ExplainResult
+from covid_cxr.serving.service import by_class, explain_bytes
+
+router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/predict", response_model=ClassResult, openapi_extra=_UPLOAD_DOC)
+async def predict_upload(request: Request, state: StateDep, body: BodyDep) -> ClassResult:
+    """Class probabilities of one uploaded image (multipart field `file`, or the raw file as the body)."""
+    data, name = upload_bytes(body, request.headers.get("content-type"))
+    spec, max_pixels = state.predictor.preprocess, state.settings.max_pixels
+    x = await asyncio.to_thread(image_tensor, data, spec, max_pixels, name)
+    probabilities, predicted = by_class(state.predictor, (await state.runner.run(x[None]))[0])
+    return ClassResult(model=state.model_name, probabilities=probabilities, predicted=predicted)
+
+
+@router.post("/explain", response_model=ExplainResult, openapi_extra=_UPLOAD_DOC)
+async def explain_upload(
+    request: Request,
+    state: StateDep,
+    body: BodyDep,
+    target: Annotated[str | None, Query(max_length=200, description="class name or index")] = None,
+    method: Annotated[str | None, Query(max_length=50, description="CAM method")] = None,
+) -> ExplainResult:
+    """Probabilities plus the class-activation overlay and the decoded image (base64 PNGs)."""
+    data, name = upload_bytes(body, request.headers.get("content-type"))
+    return await asyncio.to_thread(explain_bytes, state, data, name, target, method)

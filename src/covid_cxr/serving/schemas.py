@@ -1,0 +1,138 @@
+"""Request and response models of the server's protocols (TF-Serving REST, KServe v2, uploads)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: what went wrong, in words (TF-Serving's `error` key)."""
+
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "bad input: not an image, truncated, wrong shape or dtype, malformed JSON",
+        401: "missing or wrong API key",
+        404: "unknown model name",
+        413: "body over max_upload_bytes or more instances than max_instances",
+        422: "invalid fields or parameters",
+    }.items()
+}
+
+
+class Health(BaseModel):
+    """GET /healthz."""
+
+    status: Literal["ok"] = "ok"
+    model: str
+    classes: list[str]
+    backend: str
+    auth_required: bool
+    intended_use: str
+
+
+class ClassResult(BaseModel):
+    """Probabilities of one image, by class name, and the most probable class."""
+
+    model: str
+    probabilities: dict[str, float]
+    predicted: str
+
+
+class ExplainResult(ClassResult):
+    """ClassResult plus the class-activation map drawn over the image (PNG, base64)."""
+
+    target_class: str
+    method: str
+    overlay_png: str = Field(description="heat map over the image, PNG, base64")
+    image_png: str = Field(description="the decoded image as the model saw it before resizing, PNG, base64")
+
+
+class TFPredictRequest(BaseModel):
+    """TF-Serving :predict / :explain body: row (`instances`) or columnar (`inputs`) format."""
+
+    model_config = ConfigDict(extra="forbid")
+    signature_name: str | None = None
+    instances: list[Any] | None = None
+    inputs: Any = None
+
+
+class TFPredictResponse(BaseModel):
+    """Row-format answer."""
+
+    predictions: list[list[float]]
+
+
+class TFColumnarResponse(BaseModel):
+    """Columnar-format answer."""
+
+    outputs: list[list[float]]
+
+
+class TFExplanation(BaseModel):
+    """One instance's explanation in a TF-Serving-style :explain answer."""
+
+    probabilities: dict[str, float]
+    predicted: str
+    target_class: str
+    method: str
+    overlay_png: str
+
+
+class TFExplainResponse(BaseModel):
+    """:explain answer: one entry per instance."""
+
+    explanations: list[TFExplanation]
+
+
+class V2Tensor(BaseModel):
+    """A KServe v2 / Open Inference Protocol tensor."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """POST /v2/models/{name}/infer body."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+    inputs: list[V2Tensor] = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    """POST /v2/models/{name}/infer answer."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2Tensor]
+
+
+class V2TensorMeta(BaseModel):
+    """Name, datatype and shape (-1 = any) of a model input or output."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    """GET /v2/models/{name}."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMeta]
+    outputs: list[V2TensorMeta]
+    parameters: dict[str, Any]

@@ -1,0 +1,69 @@
+"""What the routers share: probabilities by class name and Grad-CAM explanations of uploaded bytes."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import cv2
+import numpy as np
+from fastapi import HTTPException
+
+from covid_cxr.data.images import decode_bytes
+from covid_cxr.explain.cam import METHODS, explain_with_predictor
+from covid_cxr.explain.overlay import encode_png, to_rgb
+from covid_cxr.predictor import Predictor
+from covid_cxr.serving.deps import ServerState
+from covid_cxr.serving.schemas import ExplainResult
+
+DISPLAY_MAX_SIDE = 1024  # overlay and image come back at most this large (display size, not model input)
+
+
+def by_class(predictor: Predictor, row: np.ndarray) -> tuple[dict[str, float], str]:
+    """One probability row -> ({class: p}, most probable class)."""
+    probabilities = {c: float(p) for c, p in zip(predictor.classes, row, strict=True)}
+    return probabilities, predictor.classes[int(np.argmax(row))]
+
+
+def check_method(method: str) -> str:
+    """The CAM method name, or 422 listing the valid ones."""
+    if method not in METHODS:
+        raise HTTPException(422, f"unknown explanation method {method!r}; valid: {', '.join(METHODS)}")
+    return method
+
+
+def explain_bytes(
+    state: ServerState, data: bytes, name: str, target: str | None = None, method: str | None = None
+) -> ExplainResult:
+    """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
+    predictor, method = state.predictor, check_method(method or state.settings.cam_method)
+    image = decode_bytes(data, name, state.settings.max_pixels)
+    result = explain_with_predictor(predictor, image, method=method, target=_target(predictor, target))
+    probabilities = result.probabilities
+    return ExplainResult(
+        model=state.model_name,
+        probabilities=probabilities,
+        predicted=max(probabilities, key=probabilities.__getitem__),
+        target_class=result.target_class,
+        method=method,
+        overlay_png=png_b64(result.overlay),
+        image_png=png_b64(to_rgb(image)),
+    )
+
+
+def png_b64(rgb: np.ndarray) -> str:
+    """A uint8 RGB image, shrunk to DISPLAY_MAX_SIDE, as base64 PNG text."""
+    scale = DISPLAY_MAX_SIDE / max(rgb.shape[:2])
+    if scale < 1:
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return base64.b64encode(encode_png(rgb)).decode("ascii")
+
+
+def _target(predictor: Predictor, target: str | None) -> str | int | None:
+    """A class name as given, a class index given as digits, or None; 422 for anything else."""
+    if target is None or target in predictor.classes:
+        return target
+    if re.fullmatch(r"[0-9]{1,3}", target) and int(target) < len(predictor.classes):
+        return int(target)
+    raise HTTPException(422, f"unknown target class {target!r}; use one of {', '.join(predictor.classes)}")

@@ -1,0 +1,118 @@
+// The clinician page: send one image to /explain, show the class probabilities and the Grad-CAM overlay.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/healthz");
+    const info = await response.json();
+    $("model-info").textContent =
+      `Model “${info.model}” — classes: ${info.classes.join(", ")} (${info.intended_use}).`;
+    $("key-row").hidden = !info.auth_required;
+  } catch (err) {
+    $("model-info").textContent = "The server did not answer; is it running?";
+  }
+}
+
+function showBars(probabilities, predicted) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [name, p] of Object.entries(probabilities)) {
+    const row = document.createElement("div");
+    row.className = "bar-row" + (name === predicted ? " top" : "");
+    row.setAttribute("role", "listitem");
+    const label = document.createElement("span");
+    label.className = "bar-label";
+    label.textContent = name;
+    label.title = name;
+    const track = document.createElement("div");
+    track.className = "bar-track";
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-label", name);
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", "100");
+    track.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    const fill = document.createElement("div");
+    fill.className = "bar-fill";
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = `${(100 * p).toFixed(1)} %`;
+    row.append(label, track, value);
+    bars.append(row);
+  }
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    return body.error || `HTTP ${response.status}`;
+  } catch (err) {
+    return `HTTP ${response.status}`;
+  }
+}
+
+async function analyse(file) {
+  if (!file) return;
+  setStatus(`Analysing ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let response;
+  try {
+    response = await fetch("/explain", { method: "POST", body: form, headers: headers() });
+  } catch (err) {
+    setStatus("The server could not be reached.", true);
+    return;
+  }
+  if (!response.ok) {
+    const message = await errorMessage(response);
+    if (response.status === 401) $("key-row").hidden = false;
+    setStatus(`Could not analyse ${file.name}: ${message}`, true);
+    return;
+  }
+  const result = await response.json();
+  $("file-name").textContent = file.name;
+  showBars(result.probabilities, result.predicted);
+  $("original").src = `data:image/png;base64,${result.image_png}`;
+  $("overlay").src = `data:image/png;base64,${result.overlay_png}`;
+  $("cam-class").textContent = result.target_class;
+  $("target-line").textContent =
+    `Most probable: ${result.predicted}. Heat map method: ${result.method}. Research use only.`;
+  $("results").hidden = false;
+  setStatus(`Done: ${file.name}.`);
+}
+
+function setUpDropZone() {
+  const zone = $("drop-zone");
+  const stop = (event) => { event.preventDefault(); event.stopPropagation(); };
+  ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
+    stop(event);
+    zone.classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((name) => zone.addEventListener(name, (event) => {
+    stop(event);
+    zone.classList.remove("dragging");
+  }));
+  zone.addEventListener("drop", (event) => analyse(event.dataTransfer.files[0]));
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file-input").click(); }
+  });
+  $("file-input").addEventListener("change", (event) => analyse(event.target.files[0]));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpDropZone();
+  loadInfo();
+});

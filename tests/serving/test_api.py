@@ -1,0 +1,481 @@
+"""The REST API over a tiny bundle: every protocol's answers checked against the Predictor itself."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from covid_cxr.bundle import load_bundle
+from covid_cxr.data.images import decode_bytes
+from covid_cxr.predictor import Predictor
+from tests.data.test_dicom import make_dicom
+from tests.serving.conftest import CLASSES, MODEL_NAME, SPEC, make_client, png_bytes
+
+V1 = f"/v1/models/{MODEL_NAME}"
+V2 = f"/v2/models/{MODEL_NAME}"
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle_dir: Path) -> Predictor:
+    return load_bundle(bundle_dir)
+
+
+def nhwc(count: int, seed: int = 0) -> np.ndarray:
+    """Random normalised inputs as a Keras client would send them (N, H, W, C)."""
+    return np.random.default_rng(seed).normal(size=(count, SPEC.size, SPEC.size, 3)).astype(np.float32)
+
+
+def b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def decode_png_b64(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+# --- health, metadata ---------------------------------------------------------------------------
+
+
+def test_healthz_names_model_classes_and_intended_use(client: TestClient) -> None:
+    body = client.get("/healthz").json()
+    assert body == {
+        "status": "ok",
+        "model": MODEL_NAME,
+        "classes": CLASSES,
+        "backend": "onnx",
+        "auth_required": False,
+        "intended_use": "research only, not for diagnosis",
+    }
+
+
+def test_kserve_health_and_server_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get(f"{V2}/ready").json() == {"name": MODEL_NAME, "ready": True}
+    assert client.get("/v2").json()["name"] == "covid-cxr"
+
+
+def test_tf_model_status_is_available(client: TestClient) -> None:
+    status = client.get(V1).json()["model_version_status"]
+    assert status == [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    ]
+
+
+def test_tf_metadata_declares_nhwc_input_and_class_names(client: TestClient) -> None:
+    meta = client.get(f"{V1}/metadata").json()
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    dims = [int(d["size"]) for d in signature["inputs"]["input"]["tensor_shape"]["dim"]]
+    assert dims == [-1, SPEC.size, SPEC.size, 3]
+    assert signature["inputs"]["input"]["dtype"] == "DT_FLOAT"
+    assert [int(d["size"]) for d in signature["outputs"]["probabilities"]["tensor_shape"]["dim"]] == [-1, 3]
+    assert meta["metadata"]["class_names"] == CLASSES
+    assert meta["model_spec"]["name"] == MODEL_NAME
+
+
+def test_kserve_metadata_declares_nchw_fp32(client: TestClient) -> None:
+    meta = client.get(V2).json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, SPEC.size, SPEC.size]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert meta["parameters"]["class_names"] == CLASSES
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/predict", "/explain", "/healthz", "/v1/models/{name}:predict", "/v2/models/{name}/infer"):
+        assert path in paths
+    assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+# --- predictions ----------------------------------------------------------------------------------
+
+
+def test_tf_predict_instances_match_predictor(client: TestClient, predictor: Predictor) -> None:
+    x = nhwc(3)
+    response = client.post(
+        f"{V1}:predict", json={"signature_name": "serving_default", "instances": x.tolist()}
+    )
+    assert response.status_code == 200
+    got = np.array(response.json()["predictions"])
+    np.testing.assert_allclose(got, predictor.predict_tensor(x.transpose(0, 3, 1, 2)), atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tf_predict_b64_instances_are_decoded_and_preprocessed(
+    client: TestClient, predictor: Predictor
+) -> None:
+    images = [png_bytes((48, 40), seed=1), png_bytes((30, 50, 3), seed=2)]
+    response = client.post(f"{V1}:predict", json={"instances": [b64(data) for data in images]})
+    got = np.array(response.json()["predictions"])
+    np.testing.assert_allclose(got, predictor.predict(images), atol=1e-6)
+
+
+def test_tf_predict_mixes_named_b64_and_array_instances(client: TestClient, predictor: Predictor) -> None:
+    image, x = png_bytes(seed=3), nhwc(1, seed=3)
+    response = client.post(f"{V1}:predict", json={"instances": [{"input": b64(image)}, x[0].tolist()]})
+    got = np.array(response.json()["predictions"])
+    np.testing.assert_allclose(got[0], predictor.predict([image])[0], atol=1e-6)
+    np.testing.assert_allclose(got[1], predictor.predict_tensor(x.transpose(0, 3, 1, 2))[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_tf_predict_columnar_inputs(client: TestClient, predictor: Predictor, wrap: bool) -> None:
+    x = nhwc(2, seed=4)
+    inputs = {"input": x.tolist()} if wrap else x.tolist()
+    body = client.post(f"{V1}:predict", json={"inputs": inputs}).json()
+    np.testing.assert_allclose(
+        np.array(body["outputs"]), predictor.predict_tensor(x.transpose(0, 3, 1, 2)), atol=1e-6
+    )
+
+
+def test_kserve_infer_matches_predictor(client: TestClient, predictor: Predictor) -> None:
+    x = nhwc(2, seed=5).transpose(0, 3, 1, 2)
+    request = {
+        "id": "r1",
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+    }
+    body = client.post(f"{V2}/infer", json=request).json()
+    assert body["id"] == "r1" and body["model_name"] == MODEL_NAME
+    [output] = body["outputs"]
+    assert output["name"] == "probabilities" and output["shape"] == [2, 3] and output["datatype"] == "FP32"
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 3)), predictor.predict_tensor(x), atol=1e-6)
+
+
+def test_upload_predict_multipart_and_raw_body(client: TestClient, predictor: Predictor) -> None:
+    image = png_bytes((60, 44), seed=6)
+    want = predictor.predict([image])[0]
+    for response in (
+        client.post("/predict", files={"file": ("chest.png", image, "image/png")}),
+        client.post("/predict", content=image, headers={"content-type": "image/png"}),
+    ):
+        assert response.status_code == 200
+        body = response.json()
+        np.testing.assert_allclose([body["probabilities"][c] for c in CLASSES], want, atol=1e-6)
+        assert body["predicted"] == CLASSES[int(np.argmax(want))]
+        assert body["model"] == MODEL_NAME
+
+
+def test_upload_predict_dicom(client: TestClient, predictor: Predictor) -> None:
+    pixels = np.random.default_rng(7).integers(0, 4096, (40, 36), dtype=np.uint16)
+    dicom = make_dicom(pixels, PatientName="Doe^Jane", PatientID="PID-4711")
+    body = client.post("/predict", files={"file": ("x.dcm", dicom, "application/dicom")}).json()
+    np.testing.assert_allclose(
+        [body["probabilities"][c] for c in CLASSES], predictor.predict([dicom])[0], atol=1e-6
+    )
+
+
+# --- explanations ---------------------------------------------------------------------------------
+
+
+def test_upload_explain_returns_overlay_and_image(client: TestClient, predictor: Predictor) -> None:
+    image = png_bytes((48, 40), seed=8)
+    response = client.post("/explain", files={"file": ("chest.png", image, "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    np.testing.assert_allclose(
+        [body["probabilities"][c] for c in CLASSES], predictor.predict([image])[0], atol=1e-5
+    )
+    assert body["target_class"] == body["predicted"] and body["method"] == "gradcam"
+    overlay, shown = decode_png_b64(body["overlay_png"]), decode_png_b64(body["image_png"])
+    assert overlay.shape == shown.shape == (48, 40, 3)
+    np.testing.assert_array_equal(shown[..., 0], decode_bytes(image))
+    assert not np.array_equal(overlay, shown)
+
+
+def test_upload_explain_target_and_method(client: TestClient) -> None:
+    files = {"file": ("chest.png", png_bytes(seed=9), "image/png")}
+    body = client.post("/explain", files=files, params={"target": "Normal", "method": "gradcam++"}).json()
+    assert body["target_class"] == "Normal" and body["method"] == "gradcam++"
+    assert client.post("/explain", files=files, params={"target": "2"}).json()["target_class"] == CLASSES[2]
+    bad_target = client.post("/explain", files=files, params={"target": "Flu"})
+    assert bad_target.status_code == 422 and "Flu" in bad_target.json()["error"]
+    bad_method = client.post("/explain", files=files, params={"method": "magic"})
+    assert bad_method.status_code == 422 and "gradcam" in bad_method.json()["error"]
+
+
+def test_explain_shrinks_large_images_for_display(client: TestClient) -> None:
+    body = client.post("/explain", content=png_bytes((1500, 1200), seed=10)).json()
+    assert decode_png_b64(body["overlay_png"]).shape == (1024, 819, 3)
+
+
+def test_tf_explain_b64_instances(client: TestClient, predictor: Predictor) -> None:
+    images = [png_bytes(seed=11), png_bytes((36, 36, 3), seed=12)]
+    response = client.post(f"{V1}:explain", json={"instances": [b64(data) for data in images]})
+    assert response.status_code == 200
+    explanations = response.json()["explanations"]
+    assert len(explanations) == 2
+    for item, data in zip(explanations, images, strict=True):
+        np.testing.assert_allclose(
+            list(item["probabilities"].values()), predictor.predict([data])[0], atol=1e-5
+        )
+        assert decode_png_b64(item["overlay_png"]).shape[:2] == decode_bytes(data).shape[:2]
+
+
+def test_tf_explain_refuses_array_instances(client: TestClient) -> None:
+    response = client.post(f"{V1}:explain", json={"instances": nhwc(1).tolist()})
+    assert response.status_code == 400 and "b64" in response.json()["error"]
+
+
+# --- client mistakes: 4xx JSON naming the problem, never 5xx --------------------------------------
+
+TRUNCATED_PNG = png_bytes((64, 64), seed=13)[:200]
+FIELD_ONLY = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nno file here\r\n--b--\r\n'
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "words"),
+    [
+        ("post", "/predict", {"content": b"hello, not an image"}, 400, "not an image"),
+        ("post", "/predict", {"files": {"file": ("a.png", TRUNCATED_PNG, "image/png")}}, 400, "truncated"),
+        ("post", "/predict", {"content": b""}, 400, "empty"),
+        ("post", "/predict", {"files": {"file": ("a.png", b"", "image/png")}}, 400, "empty"),
+        (
+            "post",
+            "/predict",
+            {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}},
+            400,
+            "multipart",
+        ),
+        (
+            "post",
+            "/predict",
+            {"content": FIELD_ONLY, "headers": {"content-type": "multipart/form-data; boundary=b"}},
+            400,
+            "one file",
+        ),
+        ("post", "/explain", {"content": b"GIF89a-truncated"}, 400, "image"),
+        ("post", f"{V1}:predict", {"content": b"{not json"}, 400, "malformed JSON"),
+        ("post", f"{V1}:predict", {"content": b""}, 400, "empty"),
+        ("post", f"{V1}:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expected shape [32, 32, 3]"),
+        ("post", f"{V1}:predict", {"json": {"instances": [np.zeros((32, 32, 1)).tolist()]}}, 400, "shape"),
+        ("post", f"{V1}:predict", {"json": {"instances": [[["a"] * 3] * 32] * 1}}, 400, "numbers"),
+        ("post", f"{V1}:predict", {"json": {"instances": [[[1, [2]], [3]]]}}, 400, "numbers"),
+        ("post", f"{V1}:predict", {"json": {"instances": [{"b64": "@@@"}]}}, 400, "base64"),
+        ("post", f"{V1}:predict", {"json": {"instances": [{"b64": 12}]}}, 400, "base64"),
+        ("post", f"{V1}:predict", {"json": {"instances": [{"b64": "aGVsbG8="}]}}, 400, "not an image"),
+        ("post", f"{V1}:predict", {"json": {"instances": [{"pixels": 1}]}}, 400, "b64"),
+        ("post", f"{V1}:predict", {"json": {"instances": []}}, 400, "no instances"),
+        ("post", f"{V1}:predict", {"json": {}}, 400, "exactly one"),
+        ("post", f"{V1}:predict", {"json": {"instances": [], "inputs": []}}, 400, "exactly one"),
+        ("post", f"{V1}:predict", {"json": {"instances": 5}}, 422, "instances"),
+        ("post", f"{V1}:predict", {"json": {"instance": []}}, 422, "instance"),
+        ("post", f"{V1}:predict", {"json": [1, 2]}, 422, "invalid request"),
+        ("post", f"{V1}:predict", {"json": {"inputs": 3}}, 400, "inputs"),
+        ("post", f"{V1}:predict", {"json": {"signature_name": "other", "instances": [1]}}, 400, "signature"),
+        ("post", f"{V1}:predict", {"content": b'{"instances": [NaN]}'}, 400, "finite"),
+        (
+            "post",
+            f"{V1}:predict",
+            {"content": b'{"instances": [' + b"[" * 5000 + b"]" * 5000 + b"]}"},
+            400,
+            "",
+        ),
+        ("post", "/v1/models/other:predict", {"json": {"instances": [1]}}, 404, MODEL_NAME),
+        ("get", "/v1/models/other", {}, 404, "other"),
+        ("get", "/v2/models/other", {}, 404, "other"),
+        ("get", "/nowhere", {}, 404, "Not Found"),
+        ("get", f"{V1}:predict", {}, 404, "not found"),
+        ("put", f"{V1}:predict", {}, 405, "Method Not Allowed"),
+        (
+            "post",
+            f"{V2}/infer",
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 3, 32, 32], "datatype": "INT8", "data": [0] * 3072}
+                    ]
+                }
+            },
+            400,
+            "FP32",
+        ),
+        (
+            "post",
+            f"{V2}/infer",
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": [0] * 3072}
+                    ]
+                }
+            },
+            400,
+            "shape",
+        ),
+        (
+            "post",
+            f"{V2}/infer",
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0] * 10}
+                    ]
+                }
+            },
+            400,
+            "3072",
+        ),
+        (
+            "post",
+            f"{V2}/infer",
+            {
+                "json": {
+                    "inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0] * 3072}]
+                }
+            },
+            400,
+            "'input'",
+        ),
+        ("post", f"{V2}/infer", {"json": {"inputs": []}}, 422, "inputs"),
+        ("post", f"{V2}/infer", {"json": {"inputs": [{"name": "input"}]}}, 422, "shape"),
+        ("post", "/explain", {"content": b"x", "params": {"target": "t" * 500}}, 422, "target"),
+    ],
+)
+def test_client_mistakes_get_4xx_json(
+    client: TestClient, method: str, path: str, kwargs: dict, status: int, words: str
+) -> None:
+    response = client.request(method.upper(), path, **kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_too_many_instances_is_413(bundle_dir: Path) -> None:
+    with make_client(bundle_dir, max_instances=2) as client:
+        response = client.post(f"{V1}:predict", json={"instances": nhwc(3).tolist()})
+        assert response.status_code == 413 and "limit of 2" in response.json()["error"]
+        infer = {
+            "inputs": [{"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32", "data": [0] * 9216}]
+        }
+        assert client.post(f"{V2}/infer", json=infer).status_code == 413
+        assert client.post(f"{V1}:predict", json={"instances": nhwc(2).tolist()}).status_code == 200
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(bundle_dir: Path) -> None:
+    image = png_bytes((64, 64), seed=14)
+    with make_client(bundle_dir, max_upload_bytes=len(image) - 1) as client:
+        declared = client.post("/predict", content=image)
+        assert declared.status_code == 413 and "limit" in declared.json()["error"]
+        streamed = client.post("/predict", content=iter([image[:100], image[100:]]))  # chunked, no length
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413
+        truncated = client.post(
+            "/predict", content=image[: len(image) // 2]
+        )  # under the limit: decoded, refused
+        assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
+
+
+def test_decompression_bomb_is_refused(bundle_dir: Path) -> None:
+    with make_client(bundle_dir, max_pixels=1000) as client:
+        response = client.post("/predict", content=png_bytes((48, 40)))
+        assert response.status_code == 400 and "pixel limit of 1000" in response.json()["error"]
+        bomb = client.post(f"{V1}:predict", json={"instances": [b64(png_bytes((40, 30)))]})
+        assert bomb.status_code == 400 and "pixel limit" in bomb.json()["error"]
+
+
+# --- API key, privacy -----------------------------------------------------------------------------
+
+
+def test_api_key_is_required_except_for_health_page_and_docs(bundle_dir: Path) -> None:
+    with make_client(bundle_dir, api_key="s3cret") as client:
+        assert client.get("/healthz").json()["auth_required"] is True
+        for path in ("/healthz", "/v2/health/live", "/v2/health/ready", "/", "/docs", "/static/app.js"):
+            assert client.get(path).status_code == 200, path
+        assert client.get(V1).status_code == 401
+        assert client.get(V2).status_code == 401
+        denied = client.post("/predict", content=png_bytes())
+        assert denied.status_code == 401 and "API key" in denied.json()["error"]
+        assert denied.headers["www-authenticate"] == "Bearer"
+        assert client.get(V1, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get(V1, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get(V1, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get(V1, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        ok = client.post("/predict", content=png_bytes(), headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+
+
+def test_large_upload_never_touches_disk(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[str] = []
+    for name in ("NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile", "mkstemp"):
+        original = getattr(tempfile, name)
+
+        def record(
+            *args: object, _name: str = name, _original: object = original, **kwargs: object
+        ) -> object:
+            created.append(_name)
+            return _original(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(tempfile, name, record)
+    image = png_bytes((1300, 1300), seed=15)
+    assert len(image) > 1024 * 1024  # python-multipart spools files over 1 MiB to disk by default
+    assert client.post("/predict", files={"file": ("big.png", image, "image/png")}).status_code == 200
+    assert client.post("/explain", files={"file": ("big.png", image, "image/png")}).status_code == 200
+    assert created == []
+
+
+def test_dicom_patient_data_is_never_logged(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    pixels = np.random.default_rng(16).integers(0, 255, (30, 30), dtype=np.uint16)
+    dicom = make_dicom(pixels, PatientName="Doe^Jane", PatientID="PID-4711")
+    with caplog.at_level(logging.DEBUG):
+        assert (
+            client.post("/predict", files={"file": ("d.dcm", dicom, "application/dicom")}).status_code == 200
+        )
+        assert (
+            client.post("/explain", files={"file": ("d.dcm", dicom, "application/dicom")}).status_code == 200
+        )
+        assert (
+            client.post("/predict", files={"file": ("d.dcm", dicom[:-400], "application/dicom")}).status_code
+            == 400
+        )
+    assert caplog.records  # something was logged, and none of it is patient data
+    assert "Doe" not in caplog.text and "PID-4711" not in caplog.text
+
+
+def test_settings_round_trip_through_environment(bundle_dir: Path) -> None:
+    from covid_cxr.serving import Settings
+
+    settings = Settings(bundle=bundle_dir, api_key="s3cret", batching=False, max_wait_ms=2.5, model_name="m")
+    assert Settings.from_env(settings.to_env()) == settings
+    assert settings.to_env()["COVID_CXR_SERVE_API_KEY"] == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_unexpected_errors_are_500_json_and_the_app_goes_on(bundle_dir: Path) -> None:
+    client = make_client(bundle_dir)
+
+    def boom() -> None:
+        raise RuntimeError("bug")
+
+    client.app.add_api_route("/boom", boom)
+    with client:
+        response = client.get("/boom")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error (RuntimeError)"}
+        assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_cam_method_is_refused_at_startup(bundle_dir: Path) -> None:
+    from pydantic import ValidationError
+
+    from covid_cxr.serving import Settings
+
+    with pytest.raises(ValidationError, match="gradcam"):
+        Settings(bundle=bundle_dir, cam_method="magic")
+
+
+def test_serve_fails_fast_on_bad_settings_or_bundle(tmp_path: Path) -> None:
+    from covid_cxr.errors import BundleError, ConfigError
+    from covid_cxr.serving import serve
+
+    with pytest.raises(ConfigError, match="max_pixels"):
+        serve(tmp_path, max_pixels=0)
+    with pytest.raises(BundleError, match="bundle.json"):
+        serve(tmp_path)
