@@ -13,7 +13,7 @@ from covid_cxr.models.registry import BACKBONES
 from covid_cxr.training.presets import list_presets, load_config
 from covid_cxr.training.train import train_run
 
-PER_CLASS = 16
+PER_CLASS = 10
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,16 @@ def small_radiography(shared_data: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def shrink(name: str) -> list[str]:
-    """Overrides that make a preset CPU-sized: 1-2 epochs, small images, no downloads."""
+    """Overrides that make a preset CPU-sized: 1 epoch, small images, no downloads."""
     cfg = load_config(name)
-    size = max(BACKBONES[cfg.model.arch].min_size, 40)
+    size = max(BACKBONES[cfg.model.arch].min_size, 32)
     overrides = [
         f"preprocess.size={size}",
-        "train.epochs=2",
+        "train.epochs=1",
         "train.batch_size=8",
         "train.accelerator=cpu",
         "data.test_per_class=null",
-        "data.test_fraction=0.25",
+        "data.test_fraction=0.3",
     ]
     if cfg.model.pretrained == "imagenet" and cfg.model.arch != "efficientnet_lite0":
         overrides.append("model.pretrained=none")  # no network here; the offline Lite0 keeps its weights
