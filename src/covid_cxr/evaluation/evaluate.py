@@ -1,0 +1,404 @@
+"""Evaluate a run on its test split or another dataset: intervals, calibration, shortcut checks, figures.
+
+Writes ``run_dir/evaluation/`` (or ``evaluation-<dataset name>/`` for another dataset): ``metrics.json``,
+``predictions.csv`` and the figures of :mod:`covid_cxr.evaluation.plots`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from covid_cxr.bundle import MODEL_ONNX, load_bundle, write_bundle
+from covid_cxr.config import RunConfig
+from covid_cxr.data.images import load_image
+from covid_cxr.data.manifest import load_manifest
+from covid_cxr.data.preprocess import preprocess
+from covid_cxr.data.readers import read_source
+from covid_cxr.errors import DataError, ImageError
+from covid_cxr.evaluation import calibration
+from covid_cxr.evaluation.bootstrap import bootstrap_ci, headline_metric_fns
+from covid_cxr.evaluation.calibration import (
+    T_BOUNDS,
+    apply_temperature,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+)
+from covid_cxr.evaluation.metrics import classification_summary, headline
+from covid_cxr.evaluation.plots import write_figures
+from covid_cxr.evaluation.shortcuts import (
+    border_crop_check,
+    crop_border,
+    hide_lungs,
+    label_source_confounding,
+    lung_mask,
+    lungs_hidden_check,
+)
+from covid_cxr.io import atomic_write_text
+from covid_cxr.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+N_BINS = 15
+METRICS_JSON = "metrics.json"
+PREDICTIONS_CSV = "predictions.csv"
+VARIANTS = ("full", "lungs_hidden", "border_crop")
+# Spellings of one class across datasets, compared after lower-casing and turning _ - / into spaces.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "covid": ("covid", "covid 19", "covid19", "sars cov 2", "covid 19 pneumonia", "covid pneumonia"),
+    "normal": ("normal", "no finding", "healthy"),
+    "viral": ("viral", "viral pneumonia", "virus", "pneumonia viral"),
+    "bacterial": ("bacterial", "bacterial pneumonia", "bacteria", "pneumonia bacterial"),
+}
+
+
+@dataclass
+class Predictions:
+    """Logits of the images that decoded (their manifest positions in `rows`) and those that did not."""
+
+    rows: list[int] = field(default_factory=list)
+    logits: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    unreadable: list[dict] = field(default_factory=list)
+    mask_sources: dict[str, int] = field(default_factory=lambda: {"manifest": 0, "fixed_ellipses": 0})
+
+    def array(self, variant: str) -> np.ndarray:
+        """(n, outputs) logits of one variant."""
+        return np.concatenate(self.logits[variant])
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    reader: str = "auto",
+    reader_options: dict | None = None,
+    shortcut_checks: bool = True,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    fit_temperature: bool = True,
+    batch_size: int = 32,
+) -> dict:
+    """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
+
+    With `fit_temperature` the temperature is fitted on the run's validation split and stored in the
+    bundle (which is rewritten, so model.onnx serves calibrated probabilities too). `bootstrap` is the
+    number of resamples for the 95 % intervals (0 = none).
+    """
+    run = Path(run_dir)
+    predictor = load_bundle(run / "bundle", backend="torch")
+    classes, output = predictor.classes, predictor.info["head"]["output"]
+    run_manifest = _run_manifest(run)
+    temperature = _temperature(run, predictor, run_manifest, batch_size, fit_temperature)
+    name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {})
+    preds = predict_logits(predictor, manifest, shortcut_checks, batch_size)
+    if not preds.rows:
+        raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
+    evaluated = manifest.iloc[preds.rows].reset_index(drop=True)
+    y = evaluated["_y"].to_numpy()
+    probs = apply_temperature(preds.array("full"), temperature["value"], output)
+    raw = {v: apply_temperature(preds.array(v), 1.0, output) for v in preds.logits}  # shortcut checks: T = 1
+    dataset.update(
+        n_evaluated=len(evaluated),
+        unreadable=preds.unreadable,
+        sources={str(k): int(v) for k, v in evaluated["source"].value_counts().items()},
+    )
+    out = run / ("evaluation" if data is None else f"evaluation-{name}")
+    result = {
+        "run": str(run),
+        "model": {"arch": predictor.info["arch"], "run_name": predictor.info["run"]["name"]},
+        "output_dir": str(out),
+        "dataset": dataset,
+        "temperature": temperature,
+        "metrics": classification_summary(y, probs, classes),
+        "intervals": _intervals(y, probs, classes, bootstrap, seed),
+        "calibration": _calibration(y, raw["full"], probs, temperature["value"]),
+        "per_source": _per_source(evaluated, y, probs, classes),
+        "shortcuts": None,
+    }
+    if shortcut_checks:
+        result["shortcuts"] = _shortcuts(run_manifest, evaluated, preds.mask_sources, raw, y, classes, data)
+    result["figures"] = write_figures(result["metrics"], result["calibration"], out, f"{run.name} / {name}")
+    _write_predictions(out / PREDICTIONS_CSV, evaluated, probs, raw, classes)
+    atomic_write_text(out / METRICS_JSON, json.dumps(result, indent=2) + "\n")
+    log.info(
+        "evaluated %s on %s: accuracy %.3f (%d images) -> %s",
+        run,
+        name,
+        result["metrics"]["headline"]["accuracy"],
+        len(evaluated),
+        out,
+    )
+    return result
+
+
+def match_classes(model_classes: Sequence[str], labels: Sequence[str]) -> dict[str, int]:
+    """Data label -> model class index, by name (any case) or alias; DataError when < 2 classes match."""
+    index = {class_key(c): k for k, c in enumerate(model_classes)}
+    mapping = {label: index[class_key(label)] for label in labels if class_key(label) in index}
+    if len(set(mapping.values())) < 2:
+        raise DataError(
+            f"only {len(set(mapping.values()))} of the model's classes {list(model_classes)} match the "
+            f"data's labels {sorted(labels)}; at least 2 are needed to evaluate (matching ignores case and "
+            "knows aliases such as covid/COVID-19, normal/No finding, viral/Viral Pneumonia)"
+        )
+    return mapping
+
+
+def class_key(name: str) -> str:
+    """The canonical name a class spelling matches by: its alias group, else the normalised spelling."""
+    norm = " ".join(re.sub(r"[_\-/]+", " ", str(name).lower()).split())
+    return next((key for key, spellings in ALIASES.items() if norm in spellings), norm)
+
+
+def predict_logits(
+    predictor: Predictor, manifest: pd.DataFrame, variants: bool, batch_size: int = 32
+) -> Predictions:
+    """Logits of every image, and with `variants` of its lungs-hidden and border-cropped copies.
+
+    Each image is decoded once; undecodable ones are recorded in ``unreadable``, not raised.
+    """
+    names = VARIANTS if variants else VARIANTS[:1]
+    preds = Predictions(logits={n: [] for n in names})
+    pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    masks = manifest["lung_mask"].tolist() if "lung_mask" in manifest else [None] * len(manifest)
+    for pos, (path, mask_path) in enumerate(zip(manifest["path"].astype(str), masks, strict=True)):
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            preds.unreadable.append({"path": exc.path, "reason": exc.reason})
+            continue
+        preds.rows.append(pos)
+        for variant, img in _variants(image, mask_path, names, preds.mask_sources).items():
+            pending[variant].append(preprocess(img, predictor.preprocess))
+        if len(pending["full"]) == batch_size:
+            _flush(predictor, pending, preds)
+    _flush(predictor, pending, preds)
+    return preds
+
+
+def _variants(image: np.ndarray, mask_path: object, names: Sequence[str], counts: dict[str, int]) -> dict:
+    """The image and, when asked, its lungs-hidden and border-cropped copies."""
+    out = {"full": image}
+    if "lungs_hidden" in names:
+        out["lungs_hidden"] = hide_lungs(image, _lung_mask(image, mask_path, counts))
+        out["border_crop"] = crop_border(image)
+    return out
+
+
+def _lung_mask(image: np.ndarray, mask_path: object, counts: dict[str, int]) -> np.ndarray:
+    """The manifest's lung mask when it has a readable one for this image, else the fixed ellipses."""
+    if isinstance(mask_path, str) and mask_path:
+        try:
+            mask = lung_mask(image, mask_path)
+            counts["manifest"] += 1
+            return mask
+        except ImageError as exc:
+            log.warning("lung mask %s unusable (%s): using the fixed lung ellipses", exc.path, exc.reason)
+    counts["fixed_ellipses"] += 1
+    return lung_mask(image)
+
+
+def _flush(predictor: Predictor, pending: dict[str, list[torch.Tensor]], preds: Predictions) -> None:
+    """Run the model on the pending batch of every variant and empty it."""
+    for variant, tensors in pending.items():
+        if tensors:
+            with torch.inference_mode():
+                preds.logits[variant].append(predictor.model(torch.stack(tensors)).float().numpy())
+            tensors.clear()
+
+
+def _run_manifest(run: Path) -> pd.DataFrame:
+    """The run's manifest.csv with splits; DataError naming the file when missing."""
+    path = run / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; is {run} a run folder written by covid-cxr train?")
+    manifest = load_manifest(path)
+    if "split" not in manifest:
+        raise DataError(f"{path}: no 'split' column")
+    return manifest
+
+
+def _dataset(
+    run_manifest: pd.DataFrame, classes: list[str], data: str | Path | None, reader: str, options: dict
+) -> tuple[str, pd.DataFrame, dict]:
+    """(name, manifest with class index column `_y`, description) of the data to evaluate."""
+    if data is None:
+        test = run_manifest[run_manifest["split"] == "test"]
+        if test.empty:
+            raise DataError("the run has no test split; evaluate it on another dataset (data=...)")
+        frame, mapping = _labelled(test, classes)
+        info = {"name": "test", "source": "the run's test split", "n_images": len(test)}
+        return "test", frame, {**info, "class_matching": mapping, "excluded": {}, "reader_problems": 0}
+    result = read_source(data, reader=reader, **options)
+    frame, mapping = _labelled(result.manifest, classes)
+    labels = result.manifest["label"].astype(str)
+    excluded = {str(k): int(v) for k, v in labels[~labels.isin(mapping)].value_counts().items()}
+    if excluded:
+        log.info("left out images of classes the model does not know: %s", excluded)
+    path = Path(data)
+    stem = path.stem if path.is_file() else path.resolve().name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "data"
+    info = {
+        "name": name,
+        "source": str(data),
+        "n_images": len(result.manifest),
+        "class_matching": mapping,
+        "excluded": excluded,
+        "reader_problems": len(result.problems),
+    }
+    return name, frame, info
+
+
+def _labelled(manifest: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows whose label matches a model class, with its index in `_y`; and label -> class name."""
+    labels = manifest["label"].astype(str)
+    mapping = match_classes(classes, sorted(labels.unique()))
+    kept = manifest[labels.isin(mapping)].reset_index(drop=True)
+    kept["_y"] = kept["label"].astype(str).map(mapping).astype(int)
+    return kept, {label: classes[k] for label, k in mapping.items()}
+
+
+def _temperature(
+    run: Path, predictor: Predictor, run_manifest: pd.DataFrame, batch_size: int, fit: bool
+) -> dict:
+    """With `fit`, fit T on the run's validation split and store it in the bundle; the temperature used."""
+    current = float(predictor.info["temperature"])
+    val = run_manifest[run_manifest["split"] == "val"]
+    if not fit or val.empty:
+        reason = "the run has no validation split" if fit else "not asked to fit"
+        return {"value": current, "fitted": False, "reason": reason}
+    frame, _ = _labelled(val, predictor.classes)
+    preds = predict_logits(predictor, frame, False, batch_size)
+    if not preds.rows:
+        return {"value": current, "fitted": False, "reason": "no validation image could be decoded"}
+    logits, y = preds.array("full"), frame["_y"].to_numpy()[preds.rows]
+    output = predictor.info["head"]["output"]
+    value = calibration.fit_temperature(logits, y, output)
+    if not T_BOUNDS[0] * 1.05 < value < T_BOUNDS[1] / 1.05:
+        log.warning("temperature fit on %s ran to its bound (T = %.3f): keeping %.3f", run, value, current)
+        return {
+            "value": current,
+            "fitted": False,
+            "n_val": len(y),
+            "fit_at_bound": value,
+            "reason": f"the validation NLL has no minimum inside T = {T_BOUNDS[0]}..{T_BOUNDS[1]} (a "
+            "small or perfectly separated validation split); the temperature was left unchanged",
+        }
+    info = {
+        "value": value,
+        "fitted": True,
+        "fitted_on": "val",
+        "n_val": len(y),
+        "val_nll_before": negative_log_likelihood(y, apply_temperature(logits, 1.0, output)),
+        "val_nll_after": negative_log_likelihood(y, apply_temperature(logits, value, output)),
+    }
+    if not np.isclose(value, current, rtol=1e-6):
+        _store_temperature(run, predictor, value, info)
+    return info
+
+
+def _store_temperature(run: Path, predictor: Predictor, temperature: float, fit: dict) -> None:
+    """Rewrite the bundle with the new temperature (bundle.json and the ONNX graph, which bakes T in)."""
+    cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    info = predictor.info
+    metrics = {**info.get("metrics", {}), "calibration": fit}
+    model = predictor.model.to(memory_format=torch.contiguous_format)
+    write_bundle(
+        run / "bundle",
+        model,
+        cfg,
+        predictor.classes,
+        predictor.preprocess,
+        metrics,
+        info["data_fingerprint"],
+        temperature=temperature,
+        export_onnx=MODEL_ONNX in info["files"],
+    )
+    log.info("stored temperature %.4f in %s", temperature, run / "bundle")
+
+
+def _intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int, seed: int) -> dict:
+    """95 % percentile bootstrap intervals of the headline figures ({} when n is 0)."""
+    if n <= 0:
+        return {}
+    cis = bootstrap_ci(y, probs, headline_metric_fns(y, probs, classes), n=n, seed=seed)
+    return {
+        "n_resamples": n,
+        "seed": seed,
+        "level": 0.95,
+        "values": {name: {"point": p, "lower": lo, "upper": hi} for name, (p, lo, hi) in cis.items()},
+    }
+
+
+def _calibration(y: np.ndarray, raw: np.ndarray, probs: np.ndarray, temperature: float) -> dict:
+    """ECE, NLL and reliability bins without (`raw`, T = 1) and with the temperature (`probs`)."""
+    return {
+        "temperature": temperature,
+        "n_bins": N_BINS,
+        "ece_before": expected_calibration_error(y, raw, N_BINS),
+        "ece_after": expected_calibration_error(y, probs, N_BINS),
+        "nll_before": negative_log_likelihood(y, raw),
+        "nll_after": negative_log_likelihood(y, probs),
+        "reliability_before": reliability_bins(y, raw, N_BINS),
+        "reliability_after": reliability_bins(y, probs, N_BINS),
+    }
+
+
+def _per_source(evaluated: pd.DataFrame, y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict | None:
+    """Headline metrics per source when the data has several sources."""
+    sources = evaluated["source"].astype(str).to_numpy()
+    if len(set(sources)) < 2:
+        return None
+    return {s: headline(y[sources == s], probs[sources == s], classes) for s in sorted(set(sources))}
+
+
+def _shortcuts(
+    run_manifest: pd.DataFrame,
+    evaluated: pd.DataFrame,
+    mask_sources: dict[str, int],
+    probs: dict[str, np.ndarray],
+    y: np.ndarray,
+    classes: list[str],
+    data: str | Path | None,
+) -> dict:
+    """The three shortcut checks (confounding of the run's data, and of `data` when given) and the flags."""
+    checks = {"confounding": label_source_confounding(run_manifest)}
+    if data is not None:
+        checks["confounding_evaluated"] = label_source_confounding(evaluated)
+    checks["lungs_hidden"] = {
+        **lungs_hidden_check(y, probs["full"], probs["lungs_hidden"], classes),
+        "lung_masks": dict(mask_sources),
+    }
+    checks["border_crop"] = border_crop_check(y, probs["full"], probs["border_crop"], classes)
+    checks["flags"] = [c["verdict"] for c in checks.values() if c["flag"]]
+    return checks
+
+
+def _write_predictions(
+    path: Path, evaluated: pd.DataFrame, probs: np.ndarray, raw: dict[str, np.ndarray], classes: list[str]
+) -> None:
+    """predictions.csv: path, source, label, true and predicted class, probabilities, variant predictions."""
+    frame = pd.DataFrame(
+        {
+            "path": evaluated["path"].astype(str),
+            "source": evaluated["source"].astype(str),
+            "label": evaluated["label"].astype(str),
+            "true_class": [classes[k] for k in evaluated["_y"]],
+            "predicted": [classes[k] for k in probs.argmax(axis=1)],
+        }
+    )
+    for k, name in enumerate(classes):
+        frame[f"p_{name}"] = probs[:, k]
+    for variant in VARIANTS[1:]:
+        if variant in raw:
+            frame[f"predicted_{variant}"] = [classes[k] for k in raw[variant].argmax(axis=1)]
+    atomic_write_text(path, frame.to_csv(index=False))
