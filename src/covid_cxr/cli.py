@@ -13,6 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from covid_cxr.errors import CxrError
@@ -260,6 +261,79 @@ def _test_split_images(run: Path) -> list[Path]:
         raise CxrError(f"{run}: no images given and no manifest.csv to take the test split from")
     frame = load_manifest(manifest_csv)
     return [Path(p) for p in frame.loc[frame["split"] == "test", "path"]]
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="another dataset (classes matched by name)")] = None,
+    reader: ReaderOpt = "auto",
+    option: OptionOpt = None,
+    shortcut_checks: Annotated[bool, typer.Option("--shortcut-checks/--no-shortcut-checks", help="lungs hidden, border crop, source confounding")] = True,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals (0 = none)")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
+) -> None:
+    """Metrics with 95 % intervals, curves, calibration and shortcut checks on the test split or another dataset."""
+    from covid_cxr.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(run, data, reader=reader, reader_options=parse_options(option),
+                          shortcut_checks=shortcut_checks, bootstrap=bootstrap, seed=seed)
+    _print_evaluation(result)
+    if report:
+        _write_report(run)
+
+
+def _print_evaluation(result: dict) -> None:
+    """Classification report, headline intervals, calibration and shortcut verdicts."""
+    from rich.table import Table
+
+    console.print(result["metrics"]["report_text"])
+    table = Table(title="Headline figures (95 % bootstrap intervals)")
+    for column in ("metric", "value", "95 % CI"):
+        table.add_column(column)
+    for name, v in (result.get("intervals") or {}).get("values", {}).items():
+        table.add_row(escape(name), _num(v["point"]), f"{_num(v['lower'])} - {_num(v['upper'])}")
+    console.print(table)
+    cal = result["calibration"]
+    console.print(f"calibration: temperature {cal['temperature']:.3g}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+    shortcuts = result.get("shortcuts") or {}
+    for key in ("confounding", "confounding_evaluated", "lungs_hidden", "border_crop"):
+        if key in shortcuts:
+            console.print(f"[bold]{key}[/]: {escape(shortcuts[key]['verdict'])}")
+    console.print(f"evaluation folder: {result['output_dir']}")
+
+
+def _num(value: float | None) -> str:
+    """A metric for display; '-' when undefined."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _write_report(run: Path) -> None:
+    """Build report.html for a run and print its path."""
+    from covid_cxr.evaluation.report import build_report
+
+    console.print(f"report: {build_report(run)}")
+
+
+@app.command("report")
+def report(run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")]) -> None:
+    """Write the self-contained report.html of a run (evaluate it first for the evaluation sections)."""
+    _write_report(run)
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="evaluated run folders")],
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="also write the table as CSV")] = None,
+) -> None:
+    """Seed 000's comparison table (Category, Model, Precision, Recall, F1, Accuracy) across runs."""
+    from covid_cxr.evaluation.compare import compare_runs, to_csv, to_markdown
+
+    frame = compare_runs(runs)
+    typer.echo(to_markdown(frame))
+    if csv:
+        console.print(f"wrote {to_csv(frame, csv)}")
 
 
 @app.command("explain")
