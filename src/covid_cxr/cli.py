@@ -281,7 +281,7 @@ def evaluate(
                           shortcut_checks=shortcut_checks, bootstrap=bootstrap, seed=seed)
     _print_evaluation(result)
     if report:
-        _write_report(run)
+        _write_report(run, None if data is None else Path(result["output_dir"]))
 
 
 def _print_evaluation(result: dict) -> None:
@@ -309,17 +309,22 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _write_report(run: Path) -> None:
+def _write_report(run: Path, evaluation: Path | None = None, out: Path | None = None, gallery: int = 2) -> None:
     """Build report.html for a run and print its path."""
     from covid_cxr.evaluation.report import build_report
 
-    console.print(f"report: {build_report(run)}")
+    console.print(f"report: {build_report(run, out, gallery_per_class=gallery, evaluation_dir=evaluation)}")
 
 
 @app.command("report")
-def report(run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")]) -> None:
+def report(
+    run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default RUN/report.html)")] = None,
+    gallery_per_class: Annotated[int, typer.Option(help="Grad-CAM examples per class and outcome")] = 2,
+    evaluation: Annotated[Optional[Path], typer.Option(help="evaluation folder (default RUN/evaluation)")] = None,
+) -> None:
     """Write the self-contained report.html of a run (evaluate it first for the evaluation sections)."""
-    _write_report(run)
+    _write_report(run, evaluation, out, gallery_per_class)
 
 
 @app.command("compare")
@@ -421,16 +426,27 @@ def demo(
 
 
 def _demo_train(out: Path, phantoms: Path) -> None:
-    """The demo's training half: train the demo preset, then predict a few phantoms with the bundle."""
+    """The demo's model half: train, predict, evaluate, explain, report, and how to serve it."""
     from covid_cxr.training.train import train_run
 
     console.rule("4. train (preset 'demo')")
-    result = train_run(_config("demo", None, []), phantoms, out / "runs" / "demo")
+    run = out / "runs" / "demo"
+    result = train_run(_config("demo", None, []), phantoms, run)
     console.print(f"test metrics: {json.dumps(result.metrics, default=str)}")
     console.rule("5. predict with the bundle")
-    samples = sorted(p for p in phantoms.glob("*/*.png") if p.parent.name != "masks")[::60][:5]
+    samples = sorted(phantoms.glob("*/*.png"))[::60][:5]
     predict(result.bundle, samples, as_json=False)
-    console.print(f"run folder: {result.out}\nbundle: {result.bundle}")
+    console.rule("6. evaluate (intervals, calibration, shortcut checks)")
+    evaluate(run, data=None, reader="auto", option=None, shortcut_checks=True, bootstrap=1000, seed=0, report=False)
+    console.rule("7. explain (Grad-CAM on the test split)")
+    explain(run, images=None, out=run / "explanations", method="gradcam", target="predicted", layer=None,
+            colormap="jet", alpha=0.5)
+    console.rule("8. report")
+    _write_report(run)
+    console.print(
+        f"run folder: {run}\nbundle: {result.bundle}\n"
+        f"serve it: .venv/bin/covid-cxr serve {run} --port 8000, then open http://127.0.0.1:8000/"
+    )
 
 
 def main() -> None:
