@@ -199,7 +199,7 @@ def explain_batch(
         for suffix, data in (("panel", result.panel_png()), ("overlay", result.overlay_png())):
             atomic_write_bytes(out / f"{stem}_{suffix}.png", data)
             written.append(out / f"{stem}_{suffix}.png")
-        log.info("%s: %s of %s (p=%.3f)", path, method, result.target_class,
+        log.debug("%s: %s of %s (p=%.3f)", path, method, result.target_class,
                  result.probabilities[result.target_class])
     return written
 
