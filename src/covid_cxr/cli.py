@@ -31,7 +31,9 @@ err_console = Console(stderr=True)
 ReaderOpt = Annotated[str, typer.Option("--reader", "-r", help="reader name, or 'auto' to detect the layout")]
 OptionOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--option", "-o", help="reader option KEY=VALUE, e.g. -o pneumonia_types=true -o views=[PA,AP]"),
+    typer.Option(
+        "--option", "-o", help="reader option KEY=VALUE, e.g. -o pneumonia_types=true -o views=[PA,AP]"
+    ),
 ]
 
 
@@ -62,8 +64,12 @@ def parse_options(options: list[str] | None) -> dict:
 def progress_bar(description: str) -> Progress:
     """A rich progress bar for long loops, on stderr."""
     return Progress(
-        TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     )
 
 
@@ -78,7 +84,9 @@ def _check(result):
 
     with progress_bar("decoding") as bar:
         task = bar.add_task("decode", total=len(result.manifest))
-        return run_checks(result.manifest, result.problems, progress=lambda done, total: bar.update(task, completed=done))
+        return run_checks(
+            result.manifest, result.problems, progress=lambda done, total: bar.update(task, completed=done)
+        )
 
 
 @data_app.command("check")
@@ -125,7 +133,9 @@ def data_inspect(
 def data_synth(
     out: Annotated[Path, typer.Argument(help="output folder (folder per class + manifest.csv)")],
     n: Annotated[int, typer.Option("--n", help="number of images")] = 300,
-    classes: Annotated[Optional[list[str]], typer.Option("--classes", help="normal, covid, viral, bacterial")] = None,
+    classes: Annotated[
+        Optional[list[str]], typer.Option("--classes", help="normal, covid, viral, bacterial")
+    ] = None,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
     shortcut_marker: Annotated[bool, typer.Option(help="burn a corner marker into one class")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
@@ -135,10 +145,19 @@ def data_synth(
 
     with progress_bar("rendering") as bar:
         task = bar.add_task("render", total=n)
-        frame = synthesize(out, n, classes=classes, size=size, shortcut_marker=shortcut_marker, seed=seed,
-                           progress=lambda done: bar.update(task, completed=done))
+        frame = synthesize(
+            out,
+            n,
+            classes=classes,
+            size=size,
+            shortcut_marker=shortcut_marker,
+            seed=seed,
+            progress=lambda done: bar.update(task, completed=done),
+        )
     counts = frame["label"].value_counts().to_dict()
-    console.print(f"wrote {len(frame)} phantoms to {out} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    console.print(
+        f"wrote {len(frame)} phantoms to {out} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+    )
 
 
 @app.command("presets")
@@ -166,7 +185,9 @@ def _config(preset: str | None, config: Path | None, overrides: list[str] | None
 
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="preset name (covid-cxr presets)")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override KEY=VALUE, e.g. train.epochs=3")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="override KEY=VALUE, e.g. train.epochs=3")
+]
 
 
 @app.command("train")
@@ -185,7 +206,11 @@ def train(
     """Train a model and write the run folder (config, manifest, checks, checkpoints, metrics, bundle)."""
     from covid_cxr.training.train import train_run
 
-    extra = [f"train.{k}={v}" for k, v in (("devices", devices), ("strategy", strategy), ("precision", precision)) if v]
+    extra = [
+        f"train.{k}={v}"
+        for k, v in (("devices", devices), ("strategy", strategy), ("precision", precision))
+        if v
+    ]
     cfg = _config(preset, config, [*(overrides or []), *extra])
     result = train_run(cfg, data, out, resume=resume, folds=folds)
     console.print(f"run folder: {result.out}")
@@ -235,8 +260,11 @@ def predict(
         table.add_column(name, justify="right")
     table.add_column("predicted")
     for item in results:
-        table.add_row(Path(item["path"]).name, *(f"{item['probabilities'][c]:.3f}" for c in predictor.classes),
-                      item["predicted"])
+        table.add_row(
+            Path(item["path"]).name,
+            *(f"{item['probabilities'][c]:.3f}" for c in predictor.classes),
+            item["predicted"],
+        )
     console.print(table)
 
 
@@ -249,7 +277,11 @@ def _image_files(paths: list[Path]) -> list[Path]:
     """Files as given, folders expanded to the images inside them."""
     from covid_cxr.data.manifest import is_image_file
 
-    return [f for p in paths for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))]
+    return [
+        f
+        for p in paths
+        for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))
+    ]
 
 
 def _test_split_images(run: Path) -> list[Path]:
@@ -266,19 +298,35 @@ def _test_split_images(run: Path) -> list[Path]:
 @app.command("evaluate")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="another dataset (classes matched by name)")] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", "-d", help="another dataset (classes matched by name)")
+    ] = None,
     reader: ReaderOpt = "auto",
     option: OptionOpt = None,
-    shortcut_checks: Annotated[bool, typer.Option("--shortcut-checks/--no-shortcut-checks", help="lungs hidden, border crop, source confounding")] = True,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals (0 = none)")] = 1000,
+    shortcut_checks: Annotated[
+        bool,
+        typer.Option(
+            "--shortcut-checks/--no-shortcut-checks", help="lungs hidden, border crop, source confounding"
+        ),
+    ] = True,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the 95 % intervals (0 = none)")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
 ) -> None:
-    """Metrics with 95 % intervals, curves, calibration and shortcut checks on the test split or another dataset."""
+    """Metrics with 95 % intervals, curves, calibration and shortcut checks (test split or another dataset)."""
     from covid_cxr.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(run, data, reader=reader, reader_options=parse_options(option),
-                          shortcut_checks=shortcut_checks, bootstrap=bootstrap, seed=seed)
+    result = evaluate_run(
+        run,
+        data,
+        reader=reader,
+        reader_options=parse_options(option),
+        shortcut_checks=shortcut_checks,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
     _print_evaluation(result)
     if report:
         _write_report(run, None if data is None else Path(result["output_dir"]))
@@ -296,7 +344,10 @@ def _print_evaluation(result: dict) -> None:
         table.add_row(escape(name), _num(v["point"]), f"{_num(v['lower'])} - {_num(v['upper'])}")
     console.print(table)
     cal = result["calibration"]
-    console.print(f"calibration: temperature {cal['temperature']:.3g}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+    console.print(
+        f"calibration: temperature {cal['temperature']:.3g}, "
+        f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+    )
     shortcuts = result.get("shortcuts") or {}
     for key in ("confounding", "confounding_evaluated", "lungs_hidden", "border_crop"):
         if key in shortcuts:
@@ -309,7 +360,9 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _write_report(run: Path, evaluation: Path | None = None, out: Path | None = None, gallery: int = 2) -> None:
+def _write_report(
+    run: Path, evaluation: Path | None = None, out: Path | None = None, gallery: int = 2
+) -> None:
     """Build report.html for a run and print its path."""
     from covid_cxr.evaluation.report import build_report
 
@@ -321,7 +374,9 @@ def report(
     run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default RUN/report.html)")] = None,
     gallery_per_class: Annotated[int, typer.Option(help="Grad-CAM examples per class and outcome")] = 2,
-    evaluation: Annotated[Optional[Path], typer.Option(help="evaluation folder (default RUN/evaluation)")] = None,
+    evaluation: Annotated[
+        Optional[Path], typer.Option(help="evaluation folder (default RUN/evaluation)")
+    ] = None,
 ) -> None:
     """Write the self-contained report.html of a run (evaluate it first for the evaluation sections)."""
     _write_report(run, evaluation, out, gallery_per_class)
@@ -344,10 +399,18 @@ def compare(
 @app.command("explain")
 def explain(
     bundle: Annotated[Path, typer.Argument(help="run folder or bundle folder")],
-    images: Annotated[Optional[list[Path]], typer.Argument(help="images or folders; none = the run's test split")] = None,
-    out: Annotated[Path, typer.Option("--out", help="folder for the panels and overlays")] = Path("explanations"),
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, guided, hirescam, xgradcam, layercam, eigencam, scorecam")] = "gradcam",
-    target: Annotated[str, typer.Option("--class", help="class name to explain, or 'predicted'")] = "predicted",
+    images: Annotated[
+        Optional[list[Path]], typer.Argument(help="images or folders; none = the run's test split")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for the panels and overlays")] = Path(
+        "explanations"
+    ),
+    method: Annotated[
+        str, typer.Option(help="gradcam, gradcam++, guided, hirescam, xgradcam, layercam, eigencam, scorecam")
+    ] = "gradcam",
+    target: Annotated[
+        str, typer.Option("--class", help="class name to explain, or 'predicted'")
+    ] = "predicted",
     layer: Annotated[Optional[str], typer.Option(help="target layer name (default: the bundle's)")] = None,
     colormap: Annotated[str, typer.Option(help="jet or hot (also inferno, turbo, viridis)")] = "jet",
     alpha: Annotated[float, typer.Option(help="overlay opacity of the heatmap")] = 0.5,
@@ -360,16 +423,28 @@ def explain(
     if not files:
         raise CxrError("no image files to explain")
     predictor = load_bundle(_bundle_dir(bundle))
-    written = explain_batch(predictor, files, out, method=method, target=None if target == "predicted" else target,
-                            layer=layer, colormap=colormap, alpha=alpha)
+    written = explain_batch(
+        predictor,
+        files,
+        out,
+        method=method,
+        target=None if target == "predicted" else target,
+        layer=layer,
+        colormap=colormap,
+        alpha=alpha,
+    )
     console.print(f"wrote {len(written)} files for {len(files)} images to {out}")
 
 
 @app.command("export")
 def export(
     run: Annotated[Path, typer.Argument(help="run folder or bundle folder")],
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="make sure bundle/model.onnx exists and matches PyTorch")] = True,
-    triton: Annotated[Optional[Path], typer.Option("--triton", help="also write a Triton/KServe model repository here")] = None,
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="make sure bundle/model.onnx exists and matches PyTorch")
+    ] = True,
+    triton: Annotated[
+        Optional[Path], typer.Option("--triton", help="also write a Triton/KServe model repository here")
+    ] = None,
 ) -> None:
     """ONNX export (dynamic batch, checked against PyTorch) and an optional Triton model repository."""
     from covid_cxr.export import export_run
@@ -384,23 +459,38 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
-    api_key: Annotated[Optional[str], typer.Option(envvar="COVID_CXR_API_KEY", help="require this key (X-API-Key or Bearer)")] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="model name in the URLs (default: the run name)")] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="COVID_CXR_API_KEY", help="require this key (X-API-Key or Bearer)")
+    ] = None,
+    model_name: Annotated[
+        Optional[str], typer.Option(help="model name in the URLs (default: the run name)")
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload in MB")] = 50.0,
 ) -> None:
     """REST server (TF-Serving, KServe v2, multipart) and the web page at /. Research use only."""
     from covid_cxr.serving import serve as run_server
 
     console.print(f"serving {bundle} on http://{host}:{port}/ (page), http://{host}:{port}/docs (API)")
-    run_server(_bundle_dir(bundle), host=host, port=port, workers=workers, api_key=api_key, model_name=model_name,
-               max_upload_bytes=int(max_upload_mb * 1_000_000))
+    run_server(
+        _bundle_dir(bundle),
+        host=host,
+        port=port,
+        workers=workers,
+        api_key=api_key,
+        model_name=model_name,
+        max_upload_bytes=int(max_upload_mb * 1_000_000),
+    )
 
 
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="folder for everything the demo writes")] = Path("demo-output"),
+    out: Annotated[Path, typer.Option("--out", help="folder for everything the demo writes")] = Path(
+        "demo-output"
+    ),
     n: Annotated[int, typer.Option("--n", help="number of phantoms")] = 300,
-    train_model: Annotated[bool, typer.Option("--train/--no-train", help="train and predict after the data steps")] = True,
+    train_model: Annotated[
+        bool, typer.Option("--train/--no-train", help="train and predict after the data steps")
+    ] = True,
 ) -> None:
     """Synthetic phantoms -> checks -> figures -> train -> bundle -> predict, on 2 CPU cores."""
     from covid_cxr.data.checks import save_report
@@ -437,10 +527,20 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     samples = sorted(phantoms.glob("*/*.png"))[::60][:5]
     predict(result.bundle, samples, as_json=False)
     console.rule("6. evaluate (intervals, calibration, shortcut checks)")
-    evaluate(run, data=None, reader="auto", option=None, shortcut_checks=True, bootstrap=1000, seed=0, report=False)
+    evaluate(
+        run, data=None, reader="auto", option=None, shortcut_checks=True, bootstrap=1000, seed=0, report=False
+    )
     console.rule("7. explain (Grad-CAM on the test split)")
-    explain(run, images=None, out=run / "explanations", method="gradcam", target="predicted", layer=None,
-            colormap="jet", alpha=0.5)
+    explain(
+        run,
+        images=None,
+        out=run / "explanations",
+        method="gradcam",
+        target="predicted",
+        layer=None,
+        colormap="jet",
+        alpha=0.5,
+    )
     console.rule("8. report")
     _write_report(run)
     console.print(

@@ -47,8 +47,16 @@ class AugmentConfig(_Strict):
     def active(self) -> bool:
         """True when any random transform is on."""
         return any(
-            [self.rotation, self.width_shift, self.height_shift, self.shear, self.zoom,
-             self.channel_shift, self.horizontal_flip, self.vertical_flip]
+            [
+                self.rotation,
+                self.width_shift,
+                self.height_shift,
+                self.shear,
+                self.zoom,
+                self.channel_shift,
+                self.horizontal_flip,
+                self.vertical_flip,
+            ]
         )
 
 
@@ -57,7 +65,9 @@ class HeadConfig(_Strict):
 
     pooling: Literal["gap", "avg4", "flatten", "avg4_flatten", "none"] = "gap"
     hidden: list[int] = Field(default_factory=list)
-    dropout: list[float] = Field(default_factory=list, description="dropout after each hidden layer (0 = none)")
+    dropout: list[float] = Field(
+        default_factory=list, description="dropout after each hidden layer (0 = none)"
+    )
     final_dropout: float = 0.0
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     output: Literal["softmax", "sigmoid"] = "softmax"
@@ -113,7 +123,9 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     reduce_lr: ReduceLROnPlateauConfig | None = None
-    cache_features: bool = Field(True, description="frozen backbone and no augmentation: train the head on cached features")
+    cache_features: bool = Field(
+        True, description="frozen backbone and no augmentation: train the head on cached features"
+    )
 
 
 class RunConfig(_Strict):

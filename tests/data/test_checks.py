@@ -155,7 +155,9 @@ def test_label_source_dependence_and_confounding(tmp_path):
     assert (report.n_patients, report.max_images_per_patient) == (4, 2)
     assert report.mean_images_per_patient == pytest.approx(2.0)
     assert report.label_split == {}
-    split = run_checks(make_manifest([dict(r, split=("test" if i % 4 == 0 else "train")) for i, r in enumerate(rows)], "x"))
+    split = run_checks(
+        make_manifest([dict(r, split=("test" if i % 4 == 0 else "train")) for i, r in enumerate(rows)], "x")
+    )
     assert split.label_split == {"a": {"test": 1, "train": 3}, "b": {"test": 1, "train": 3}}
 
 

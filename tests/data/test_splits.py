@@ -12,7 +12,6 @@ from covid_cxr.data.manifest import COLUMNS
 from covid_cxr.data.readers import read_source
 from covid_cxr.data.splits import (
     assert_no_leakage,
-    group_ids,
     class_weights,
     group_ids,
     kfold,

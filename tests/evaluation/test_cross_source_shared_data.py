@@ -25,17 +25,26 @@ def radiography_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory)
         for p in sorted(folder.iterdir())[:20]
     ]
     pd.DataFrame(rows).to_csv(root / "subset.csv", index=False)
-    cfg = load_config("machinecurve-convnet", None, [
-        "preprocess.size=32", "train.epochs=1", "data.test_per_class=null", "data.test_fraction=0.25",
-        "train.accelerator=cpu",
-    ])
+    cfg = load_config(
+        "machinecurve-convnet",
+        None,
+        [
+            "preprocess.size=32",
+            "train.epochs=1",
+            "data.test_per_class=null",
+            "data.test_fraction=0.25",
+            "train.accelerator=cpu",
+        ],
+    )
     train_run(cfg, root / "subset.csv", root / "run", progress=False, cache_dir=root / "cache")
     return root / "run"
 
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_radiography_run_evaluates_on_kermany_with_classes_matched(radiography_run: Path, shared_data: Path) -> None:
+def test_radiography_run_evaluates_on_kermany_with_classes_matched(
+    radiography_run: Path, shared_data: Path
+) -> None:
     kermany = shared_data / "kermany-224"
     result = evaluate_run(radiography_run, kermany, reader_options={"pneumonia_types": True}, bootstrap=50)
     expected = read_source(kermany, reader="kermany", pneumonia_types=True).manifest["label"].value_counts()
@@ -44,6 +53,10 @@ def test_radiography_run_evaluates_on_kermany_with_classes_matched(radiography_r
     assert dataset["excluded"] == {"bacterial": int(expected["bacterial"])}
     assert dataset["n_evaluated"] == int(expected["NORMAL"] + expected["viral"])
     saved = json.loads((radiography_run / "evaluation-kermany-224" / "metrics.json").read_text())
-    assert saved["metrics"]["headline"]["accuracy"] == pytest.approx(result["metrics"]["headline"]["accuracy"])
+    assert saved["metrics"]["headline"]["accuracy"] == pytest.approx(
+        result["metrics"]["headline"]["accuracy"]
+    )
     with pytest.raises(DataError, match="PNEUMONIA"):
-        evaluate_run(radiography_run, kermany, shortcut_checks=False, bootstrap=0)  # NORMAL/PNEUMONIA: 1 match
+        evaluate_run(
+            radiography_run, kermany, shortcut_checks=False, bootstrap=0
+        )  # NORMAL/PNEUMONIA: 1 match

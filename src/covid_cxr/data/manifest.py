@@ -77,7 +77,9 @@ def make_manifest(rows: list[dict], source: str) -> pd.DataFrame:
                 **({"split": row["split"]} if row.get("split") else {}),
             }
         )
-    frame = pd.DataFrame.from_records(records, columns=COLUMNS + (["split"] if any("split" in r for r in records) else []))
+    frame = pd.DataFrame.from_records(
+        records, columns=COLUMNS + (["split"] if any("split" in r for r in records) else [])
+    )
     frame["width"] = frame["width"].astype(int)
     frame["height"] = frame["height"].astype(int)
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
