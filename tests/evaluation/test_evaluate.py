@@ -194,3 +194,16 @@ def test_metrics_per_source_when_the_data_has_several(evaluated: tuple[Path, dic
     assert per_source["site-b"]["accuracy"] == pytest.approx(
         (site_b["predicted"] == site_b["true_class"]).mean()
     )
+
+
+def test_explanation_quality_is_scored_on_phantom_lesion_masks(evaluated: tuple[Path, dict]) -> None:
+    run, result = evaluated
+    scores = result["explanations"]
+    test = pd.read_csv(run / "manifest.csv").query("split == 'test'")
+    assert scores["images"] == min(24, len(test))
+    assert np.isfinite(scores["faithfulness_road"])
+    lesion = scores["lesion"]
+    with_lesion = test.sample(n=scores["images"], random_state=3)["label"].ne("normal").sum()
+    assert lesion["images"] == with_lesion and lesion["skipped_empty_masks"] == scores["images"] - with_lesion
+    assert 0.0 <= lesion["energy_in_mask"] <= 1.0 and 0.0 < lesion["lesion_share"] < 1.0
+    assert lesion["energy_ratio"] == pytest.approx(lesion["energy_in_mask"] / lesion["lesion_share"])

@@ -86,12 +86,15 @@ def evaluate_run(
     seed: int = 0,
     fit_temperature: bool = True,
     batch_size: int = 32,
+    explanation_images: int = 24,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
 
     With `fit_temperature` the temperature is fitted on the run's validation split and stored in the
     bundle (which is rewritten, so model.onnx serves calibrated probabilities too). `bootstrap` is the
-    number of resamples for the 95 % intervals (0 = none).
+    number of resamples for the 95 % intervals (0 = none). `explanation_images` test images (0 = none)
+    get the Grad-CAM quality scores: lesion energy share and pointing game where the data has lesion
+    masks (phantoms), ROAD faithfulness on any data.
     """
     run = Path(run_dir)
     predictor = load_bundle(run / "bundle", backend="torch")
@@ -124,6 +127,7 @@ def evaluate_run(
         "per_source": _per_source(evaluated, y, probs, classes),
         "shortcuts": None,
     }
+    result["explanations"] = _explanation_scores(predictor, evaluated, explanation_images, seed)
     if shortcut_checks:
         result["shortcuts"] = _shortcuts(run_manifest, evaluated, preds.mask_sources, raw, y, classes, data)
     result["figures"] = write_figures(result["metrics"], result["calibration"], out, f"{run.name} / {name}")
@@ -337,6 +341,25 @@ def _intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int, see
         "level": 0.95,
         "values": {name: {"point": p, "lower": lo, "upper": hi} for name, (p, lo, hi) in cis.items()},
     }
+
+
+def _explanation_scores(predictor: Predictor, evaluated: pd.DataFrame, n: int, seed: int) -> dict | None:
+    """Grad-CAM quality on up to `n` images: lesion-mask scores (when masks exist) and ROAD faithfulness."""
+    from covid_cxr.explain.quality import explanation_quality, faithfulness
+
+    if n <= 0 or evaluated.empty:
+        return None
+    sample = evaluated.sample(n=min(n, len(evaluated)), random_state=seed).reset_index(drop=True)
+    images = [load_image(p) for p in sample["path"]]
+    scores: dict = {"images": len(images), "faithfulness_road": faithfulness(predictor, images, seed=seed)}
+    if "lesion_mask" in sample and sample["lesion_mask"].notna().all():
+        masks = [load_image(p) > 127 for p in sample["lesion_mask"]]
+        try:
+            scores["lesion"] = explanation_quality(predictor, images, masks, targets=[int(v) for v in sample["_y"]])
+        except DataError as exc:  # no lesion pixel in the sample (e.g. only normal images)
+            scores["lesion"] = {"skipped": str(exc)}
+    log.info("explanation quality on %d images: %s", len(images), scores)
+    return scores
 
 
 def _calibration(y: np.ndarray, raw: np.ndarray, probs: np.ndarray, temperature: float) -> dict:

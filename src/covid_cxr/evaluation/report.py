@@ -319,7 +319,8 @@ def gallery_section(files: RunFiles, per_class: int) -> dict:
         for cls, chosen in picked.items()
     ]
     layer = predictor.info.get("target_layer") or "last convolution"
-    return {"data": described, "layer": layer, "classes": classes}
+    quality = (files.metrics or {}).get("explanations")
+    return {"data": described, "layer": layer, "classes": classes, "quality": quality}
 
 
 def shortcuts_section(files: RunFiles) -> dict:
