@@ -354,8 +354,9 @@ def _explanation_scores(predictor: Predictor, evaluated: pd.DataFrame, n: int, s
     scores: dict = {"images": len(images), "faithfulness_road": faithfulness(predictor, images, seed=seed)}
     if "lesion_mask" in sample and sample["lesion_mask"].notna().all():
         masks = [load_image(p) > 127 for p in sample["lesion_mask"]]
+        targets = [int(v) for v in sample["_y"]]
         try:
-            scores["lesion"] = explanation_quality(predictor, images, masks, targets=[int(v) for v in sample["_y"]])
+            scores["lesion"] = explanation_quality(predictor, images, masks, targets=targets)
         except DataError as exc:  # no lesion pixel in the sample (e.g. only normal images)
             scores["lesion"] = {"skipped": str(exc)}
     log.info("explanation quality on %d images: %s", len(images), scores)
