@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import lightning as L
@@ -12,7 +13,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from covid_cxr.errors import DataError
 
+log = logging.getLogger(__name__)
+
 OnDevice = Callable[[torch.Tensor], torch.Tensor]
+DEVICE_CACHE_FRACTION = 0.25  # the cached array moves to the GPU when it takes at most this share of free memory
+_COPY_ROWS = 1024  # rows per host-to-GPU copy when moving the cache
 
 
 class IndexedArrays(Dataset):
@@ -31,6 +36,19 @@ class IndexedArrays(Dataset):
         x = self.inputs[row]
         return (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x), self.labels[row]
 
+    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch with one gather (one memmap read, or one index on the array's device)."""
+        rows = self.indices[np.asarray(items, dtype=np.int64)]
+        if isinstance(self.inputs, torch.Tensor):
+            labels = self.labels[torch.from_numpy(rows)].to(self.inputs.device)
+            return self.inputs[torch.from_numpy(rows).to(self.inputs.device)], labels
+        return torch.from_numpy(np.ascontiguousarray(self.inputs[rows])), self.labels[torch.from_numpy(rows)]
+
+
+def _batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate_fn for IndexedArrays.__getitems__, which already returns the stacked batch."""
+    return batch
+
 
 class CxrDataModule(L.LightningDataModule):
     """Train/val/test loaders over one cached array, split by row positions.
@@ -39,6 +57,8 @@ class CxrDataModule(L.LightningDataModule):
     `prepare` (e.g. normalisation) runs on every batch and `augment` on training batches only.
     A 4-D result is made channels_last. With `balance_sampler`, training draws a
     WeightedRandomSampler (inverse class frequency); otherwise it shuffles with a seeded generator.
+    On a CUDA trainer without loader workers, the array moves to the GPU once when it fits in
+    DEVICE_CACHE_FRACTION of the free memory, so batches are gathered there and nothing is copied per step.
     """
 
     def __init__(
@@ -59,6 +79,20 @@ class CxrDataModule(L.LightningDataModule):
         self.inputs, self.labels, self.splits = inputs, np.asarray(labels), dict(splits)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.prepare_batch, self.augment, self.balance_sampler = prepare, augment, balance_sampler
+
+    def setup(self, stage: str) -> None:
+        """Move the array to the trainer's CUDA device when it fits (see the class docstring)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is None or device.type != "cuda" or self.num_workers > 0:
+            return
+        if isinstance(self.inputs, torch.Tensor) and self.inputs.device == device:
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.inputs.nbytes > DEVICE_CACHE_FRACTION * free:
+            log.info("cached array (%.1f GB) stays in host memory", self.inputs.nbytes / 1e9)
+            return
+        self.inputs = _to_device(self.inputs, device)
+        log.info("cached array %s moved to %s", tuple(self.inputs.shape), device)
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
@@ -101,6 +135,7 @@ class CxrDataModule(L.LightningDataModule):
             generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=_batch,
         )
 
     def _sampler(self, generator: torch.Generator) -> WeightedRandomSampler:
@@ -111,3 +146,11 @@ class CxrDataModule(L.LightningDataModule):
         return WeightedRandomSampler(
             weights.tolist(), num_samples=len(y), replacement=True, generator=generator
         )
+
+
+def _to_device(inputs: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of `inputs` on `device`, read from a memory map in chunks so host memory stays bounded."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    chunks = range(0, len(inputs), _COPY_ROWS)
+    return torch.cat([torch.from_numpy(np.array(inputs[i : i + _COPY_ROWS])).to(device) for i in chunks])
