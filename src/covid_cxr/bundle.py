@@ -131,7 +131,7 @@ def save_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter needs no onnxscript
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape arithmetic traced as constants
-        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # a pad's reversed Slice; ORT folds it
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # a pad's Slice; ORT folds it
         torch.onnx.export(
             probs,
             (example,),

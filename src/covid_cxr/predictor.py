@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 from covid_cxr.data.images import decode_bytes, load_image
-from covid_cxr.data.preprocess import preprocess
+from covid_cxr.data.preprocess import normalize, prepare
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.errors import BundleError
 from covid_cxr.models.heads import num_outputs
@@ -123,10 +126,19 @@ class Predictor:
         return explain_with_predictor(self, _decode(image), method=method, target=target, **options)
 
     def _batches(self, images: Sequence[ImageInput], batch_size: int) -> Iterator[torch.Tensor]:
-        """Decode and preprocess lazily, one batch at a time, so memory stays bounded."""
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            yield torch.stack([preprocess(_decode(item), self.preprocess) for item in chunk])
+        """Decode and prepare lazily, one batch at a time (memory stays bounded), on one thread per core
+        (PIL and OpenCV release the GIL: 16 PNGs of 1024 px ~2x faster on 2 cores); normalise per batch."""
+        spec, prepared = self.preprocess, partial(_prepared, spec=self.preprocess)
+        workers = max(1, min(batch_size, len(images), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            run = pool.map if workers > 1 else map  # one image: no thread
+            for start in range(0, len(images), batch_size):
+                yield normalize(np.stack(list(run(prepared, images[start : start + batch_size]))), spec)
+
+
+def _prepared(item: ImageInput, spec: Preprocess) -> np.ndarray:
+    """One input decoded and prepared: the uint8 (size, size, channels) array."""
+    return prepare(_decode(item), spec)
 
 
 def _decode(item: ImageInput) -> np.ndarray:
@@ -143,7 +155,9 @@ def _decode(item: ImageInput) -> np.ndarray:
 def _onnx_session(onnx_path: Path | None, backend: Backend, threads: int) -> Any | None:
     """An ONNX Runtime CPU session, or None when the torch backend is chosen or ONNX is unavailable.
 
-    ``threads=0`` lets ONNX Runtime use one intra-op thread per physical core.
+    ``threads=0`` lets ONNX Runtime use one intra-op thread per physical core. Idle intra-op threads
+    sleep instead of spinning, which took CPU from the threads decoding concurrent requests: the server
+    answers 19 % more requests/s with 8 clients on 2 cores (benchmarks/server_load.py).
     """
     if backend not in ("auto", "onnx", "torch"):
         raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
@@ -162,6 +176,8 @@ def _onnx_session(onnx_path: Path | None, backend: Backend, threads: int) -> Any
         return None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's errors share no base class below Exception

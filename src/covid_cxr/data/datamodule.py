@@ -16,7 +16,7 @@ from covid_cxr.errors import DataError
 log = logging.getLogger(__name__)
 
 OnDevice = Callable[[torch.Tensor], torch.Tensor]
-DEVICE_CACHE_FRACTION = 0.25  # the cached array moves to the GPU when it takes at most this share of free memory
+DEVICE_CACHE_FRACTION = 0.25  # the cache moves to the GPU when it needs at most this share of free memory
 _COPY_ROWS = 1024  # rows per host-to-GPU copy when moving the cache
 
 

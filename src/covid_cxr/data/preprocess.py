@@ -57,8 +57,8 @@ def normalize(batch: torch.Tensor | np.ndarray, spec: Preprocess) -> torch.Tenso
     if mean is None:
         return x.div_(255.0)
     shape = (-1, 1, 1) if x.ndim == 3 else (1, -1, 1, 1)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32, device=x.device)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32, device=x.device)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=x.dtype, device=x.device)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=x.dtype, device=x.device)
     return x.mul_(scale.view(shape)).add_(shift.view(shape))
 
 

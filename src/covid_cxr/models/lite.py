@@ -34,10 +34,8 @@ class SamePadConv2d(Conv2dDynamicSamePadding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad like TensorFlow's 'same' for this input size, then convolve."""
-        (top, bottom), (left, right) = (
-            _same_pads(int(size), k, s, d)
-            for size, k, s, d in zip(x.shape[-2:], self.weight.shape[-2:], self.stride, self.dilation)
-        )
+        sides = zip(x.shape[-2:], self.weight.shape[-2:], self.stride, self.dilation, strict=True)
+        (top, bottom), (left, right) = (_same_pads(int(size), k, s, d) for size, k, s, d in sides)
         if top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         x = F.pad(x, [left, right, top, bottom], value=0.0)

@@ -235,6 +235,7 @@ def make_trainer(cfg: RunConfig, out: Path, progress: bool, extra: Sequence[L.Ca
         devices=t.devices,
         strategy=t.strategy,
         precision=t.precision,
+        benchmark=True,  # cuDNN autotuning: every batch has the one spec size
         callbacks=[*run_callbacks(cfg, out, progress), *extra],
         logger=CSVLogger(out, name="logs"),
         default_root_dir=out,
