@@ -315,7 +315,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
 ) -> None:
-    """Metrics with 95 % intervals, curves, calibration and shortcut checks (test split or another dataset)."""
+    """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or another dataset)."""
     from covid_cxr.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(
