@@ -20,6 +20,8 @@ from covid_cxr.data.synthetic import synthesize
 from covid_cxr.evaluation.plots import FIGURES
 from covid_cxr.evaluation.report import NOTICE, SECTIONS, build_report
 from covid_cxr.training.train import train_run
+from tests.conftest import CHROMIUM
+from tests.conftest import CHROMIUM_ARGS as ARGS
 
 try:
     from covid_cxr.evaluation.evaluate import evaluate_run
@@ -28,16 +30,6 @@ except ImportError:  # the evaluation is optional for the report
 
 PER_CLASS = 2
 DATA_URI_IMG = '<img src="data:image/png;base64,'
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 

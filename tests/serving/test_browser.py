@@ -11,18 +11,10 @@ import pytest
 from PIL import Image
 
 from covid_cxr.data.synthetic import render_phantom
+from tests.conftest import CHROMIUM
+from tests.conftest import CHROMIUM_ARGS as ARGS
 from tests.serving.conftest import CLASSES
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = Path("/tmp/page.png")
 
 sync_api = pytest.importorskip("playwright.sync_api")
