@@ -121,9 +121,9 @@ class Predictor:
     def explain(self, image: ImageInput, target: str | int | None = None, method: str = "gradcam",
                 **options: Any) -> Any:
         """Grad-CAM for one image: probabilities, heatmap at the original resolution, overlay and panel."""
-        from covid_cxr.explain.cam import explain_with_predictor  # lazy: explain imports this module
+        from covid_cxr.explain.cam import explain  # lazy: explain imports this module
 
-        return explain_with_predictor(self, _decode(image), method=method, target=target, **options)
+        return explain(self, _decode(image), method=method, target=target, **options)
 
     def _batches(self, images: Sequence[ImageInput], batch_size: int) -> Iterator[torch.Tensor]:
         """Decode and prepare lazily, one batch at a time (memory stays bounded), on one thread per core

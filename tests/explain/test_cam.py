@@ -19,7 +19,7 @@ from covid_cxr.data.images import decode_bytes
 from covid_cxr.data.preprocess import prepare, preprocess
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.errors import ConfigError
-from covid_cxr.explain import CamModel, explain, explain_batch, explain_with_predictor
+from covid_cxr.explain import CamModel, explain, explain_batch
 from covid_cxr.explain.cam import input_cams, predict_probabilities
 from covid_cxr.explain.overlay import content_box
 from covid_cxr.models.registry import backbone_info, list_backbones
@@ -283,12 +283,12 @@ def test_explain_with_a_loaded_bundle_is_thread_safe(predictor_bundle: tuple[Cla
     _, path = predictor_bundle
     predictor = load_bundle(path, backend="torch")
     images = [original_image((60 + i, 50), seed=i) for i in range(4)]
-    serial = [explain_with_predictor(predictor, im, method="gradcam") for im in images]
+    serial = [explain(predictor, im, method="gradcam") for im in images]
     assert serial[0].layer == predictor.info["target_layer"] == "backbone.relu"
     for result, probs in zip(serial, predictor.predict(images), strict=True):
         assert list(result.probabilities.values()) == pytest.approx(probs.tolist(), abs=1e-6)
     with ThreadPoolExecutor(4) as pool:  # explanations and predictions interleaved on one model
-        explained = [pool.submit(explain_with_predictor, predictor, im) for im in images * 3]
+        explained = [pool.submit(explain, predictor, im) for im in images * 3]
         predicted = [pool.submit(predictor.predict, [im]) for im in images * 3]
     for i, (result, probs) in enumerate(zip(explained, predicted, strict=True)):
         np.testing.assert_array_equal(result.result().heatmap, serial[i % 4].heatmap)

@@ -34,7 +34,7 @@ from covid_cxr.errors import ConfigError, CxrError, DataError
 from covid_cxr.evaluation.evaluate import METRICS_JSON, PREDICTIONS_CSV
 from covid_cxr.evaluation.plots import FIGURES
 from covid_cxr.evaluation.shortcuts import label_source_confounding
-from covid_cxr.explain.cam import explain_with_predictor
+from covid_cxr.explain.cam import explain
 from covid_cxr.explain.overlay import encode_png
 from covid_cxr.io import atomic_write_text
 from covid_cxr.predictor import Predictor
@@ -681,7 +681,7 @@ def _explained(predictor: Predictor, row: dict) -> dict:
         image = load_image(row["path"])
     except CxrError as exc:
         return {"uri": None, "name": Path(row["path"]).name, "caption": f"could not be read: {exc}"}
-    result = explain_with_predictor(predictor, image, target=row["predicted"])
+    result = explain(predictor, image, target=row["predicted"])
     probability = result.probabilities[row["predicted"]]
     return {
         "uri": _uri(encode_png(_thumbnail(result.overlay))),

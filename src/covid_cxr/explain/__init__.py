@@ -7,7 +7,6 @@ from covid_cxr.explain.cam import (
     GuidedGradCAM,
     explain,
     explain_batch,
-    explain_with_predictor,
 )
 from covid_cxr.explain.quality import energy_in_mask, explanation_quality, faithfulness, pointing_game
 
@@ -19,7 +18,6 @@ __all__ = [
     "energy_in_mask",
     "explain",
     "explain_batch",
-    "explain_with_predictor",
     "explanation_quality",
     "faithfulness",
     "pointing_game",

@@ -159,19 +159,6 @@ def explain(
                        compose_panel(original, colored, overlay))
 
 
-def explain_with_predictor(
-    predictor: Predictor,
-    image: np.ndarray,
-    method: str = "gradcam",
-    target: Target = None,
-    layer: str | None = None,
-    colormap: str = "jet",
-    alpha: float = 0.5,
-) -> Explanation:
-    """explain() on a loaded bundle's Predictor (what ``Predictor.explain`` and the server call)."""
-    return explain(CamModel.from_predictor(predictor), image, method, target, layer, colormap, alpha)
-
-
 def explain_batch(
     predictor: Predictor | CamModel,
     paths: Sequence[str | Path],

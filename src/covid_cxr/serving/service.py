@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from covid_cxr.data.images import decode_bytes
-from covid_cxr.explain.cam import METHODS, explain_with_predictor
+from covid_cxr.explain.cam import METHODS, explain
 from covid_cxr.explain.overlay import encode_png, to_rgb
 from covid_cxr.predictor import Predictor
 from covid_cxr.serving.deps import ServerState
@@ -38,7 +38,7 @@ def explain_bytes(
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
     image = decode_bytes(data, name, state.settings.max_pixels)
-    result = explain_with_predictor(predictor, image, method=method, target=_target(predictor, target))
+    result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(
         model=state.model_name,
