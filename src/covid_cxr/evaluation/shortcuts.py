@@ -119,21 +119,10 @@ def lungs_hidden_check(
     y_true: np.ndarray, probs_full: np.ndarray, probs_hidden: np.ndarray, classes: Sequence[str]
 ) -> dict:
     """Numbers and verdict of the lungs-hidden check from (N, C) probabilities (see the module doc)."""
-    y = np.asarray(y_true)
-    chance = 1 / len(set(y.tolist()))
-    full = balanced_accuracy(y, probs_full.argmax(axis=1))
-    hidden = balanced_accuracy(y, probs_hidden.argmax(axis=1))
-    result = {
-        "chance": chance,
-        "accuracy_full": float(np.mean(probs_full.argmax(axis=1) == y)),
-        "accuracy_hidden": float(np.mean(probs_hidden.argmax(axis=1) == y)),
-        "balanced_accuracy_full": full,
-        "balanced_accuracy_hidden": hidden,
-        "balanced_accuracy_threshold": chance + LUNGS_HIDDEN_RETAINED * (full - chance),
-        "auc_threshold": LUNGS_HIDDEN_AUC,
-        "auc_full": _aucs(y, probs_full, classes),
-        "auc_hidden": _aucs(y, probs_hidden, classes),
-    }
+    result = _full_vs_altered(y_true, probs_full, probs_hidden, classes, "hidden")
+    full, chance = result["balanced_accuracy_full"], result["chance"]
+    result["balanced_accuracy_threshold"] = chance + LUNGS_HIDDEN_RETAINED * (full - chance)
+    result["auc_threshold"] = LUNGS_HIDDEN_AUC
     return {**result, **_lungs_verdict(result)}
 
 
@@ -141,24 +130,27 @@ def border_crop_check(
     y_true: np.ndarray, probs_full: np.ndarray, probs_cropped: np.ndarray, classes: Sequence[str]
 ) -> dict:
     """Numbers and verdict of the border-crop check from (N, C) probabilities (see the module doc)."""
-    y = np.asarray(y_true)
-    chance = 1 / len(set(y.tolist()))
-    full = balanced_accuracy(y, probs_full.argmax(axis=1))
-    cropped = balanced_accuracy(y, probs_cropped.argmax(axis=1))
-    auc_full, auc_cropped = _aucs(y, probs_full, classes), _aucs(y, probs_cropped, classes)
-    drops = {c: auc_full[c] - auc_cropped[c] for c in auc_full}
     result = {
         "fraction": BORDER_FRACTION,
-        "accuracy_full": float(np.mean(probs_full.argmax(axis=1) == y)),
-        "accuracy_cropped": float(np.mean(probs_cropped.argmax(axis=1) == y)),
-        "balanced_accuracy_full": full,
-        "balanced_accuracy_cropped": cropped,
-        "auc_full": auc_full,
-        "auc_cropped": auc_cropped,
-        "auc_drop": drops,
-        "auc_drop_threshold": BORDER_AUC_DROP,
+        **_full_vs_altered(y_true, probs_full, probs_cropped, classes, "cropped"),
     }
-    return {**result, **_border_verdict(result, chance)}
+    result["auc_drop"] = {c: result["auc_full"][c] - result["auc_cropped"][c] for c in result["auc_full"]}
+    result["auc_drop_threshold"] = BORDER_AUC_DROP
+    return {**result, **_border_verdict(result, result.pop("chance"))}
+
+
+def _full_vs_altered(
+    y_true: np.ndarray, probs_full: np.ndarray, probs_altered: np.ndarray, classes: Sequence[str], name: str
+) -> dict:
+    """Chance, accuracy, balanced accuracy and per-class AUC on full and altered images (keys `*_<name>`)."""
+    y = np.asarray(y_true)
+    result: dict = {"chance": 1 / len(set(y.tolist()))}
+    for variant, probs in (("full", probs_full), (name, probs_altered)):
+        predicted = probs.argmax(axis=1)
+        result[f"accuracy_{variant}"] = float(np.mean(predicted == y))
+        result[f"balanced_accuracy_{variant}"] = balanced_accuracy(y, predicted)
+        result[f"auc_{variant}"] = _aucs(y, probs, classes)
+    return result
 
 
 def _confounding_verdict(v: float | None, table: pd.DataFrame, largest: dict) -> dict:
