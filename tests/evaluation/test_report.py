@@ -20,8 +20,7 @@ from covid_cxr.data.synthetic import synthesize
 from covid_cxr.evaluation.plots import FIGURES
 from covid_cxr.evaluation.report import NOTICE, SECTIONS, build_report
 from covid_cxr.training.train import train_run
-from tests.conftest import CHROMIUM
-from tests.conftest import CHROMIUM_ARGS as ARGS
+from tests.conftest import chromium_page
 
 try:
     from covid_cxr.evaluation.evaluate import evaluate_run
@@ -240,28 +239,16 @@ def test_flags_are_shown_as_flags_and_listed_as_limitations(
     assert "<dt>Shortcut flags</dt><dd>1</dd>" in html
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed")
 def test_chromium_opens_the_report_offline_without_errors(report: tuple[Path, str]) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     path, _ = report
-    problems: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on(
-                "request",
-                lambda req: None if req.url.startswith(("file:", "data:")) else problems.append(req.url),
-            )
-            page.goto(path.as_uri())
-            loaded = page.evaluate(
-                "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
-            )
-            total = page.evaluate("document.images.length")
-            page.screenshot(path="/tmp/report.png", full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(1280, 900) as (page, problems):
+        page.on(
+            "request",
+            lambda req: None if req.url.startswith(("file:", "data:")) else problems.append(req.url),
+        )
+        page.goto(path.as_uri())
+        loaded = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
+        total = page.evaluate("document.images.length")
+        page.screenshot(path="/tmp/report.png", full_page=True)
     assert problems == []
     assert total > 0 and loaded == total

@@ -11,17 +11,13 @@ import pytest
 from PIL import Image
 
 from covid_cxr.data.synthetic import render_phantom
-from tests.conftest import CHROMIUM
-from tests.conftest import CHROMIUM_ARGS as ARGS
+from tests.conftest import chromium_page
 from tests.serving.conftest import CLASSES
 
 SCREENSHOT = Path("/tmp/page.png")
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"
-)
 
 DROP_JS = """([b64, name]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -41,45 +37,35 @@ def phantom_png(label: str, seed: int, size: int = 320) -> bytes:
 
 
 def test_page_shows_probabilities_and_overlay(live_server: str) -> None:
-    problems: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on("requestfailed", lambda req: problems.append(f"failed {req.url}"))
-            page.goto(live_server + "/")
-            assert "Research use only — not for diagnosis" in page.inner_text(".notice")
-            expect(page.locator("#model-info")).to_contain_text("classes: " + ", ".join(CLASSES))
+    with chromium_page(1200, 900) as (page, problems):
+        page.on("requestfailed", lambda req: problems.append(f"failed {req.url}"))
+        page.goto(live_server + "/")
+        assert "Research use only — not for diagnosis" in page.inner_text(".notice")
+        expect(page.locator("#model-info")).to_contain_text("classes: " + ", ".join(CLASSES))
 
-            page.set_input_files(
-                "#file-input",
-                files=[
-                    {"name": "covid-phantom.png", "mimeType": "image/png", "buffer": phantom_png("covid", 1)}
-                ],
-            )
-            page.wait_for_selector("#results:not([hidden])", timeout=30_000)
-            assert page.locator(".bar-label").all_inner_texts() == CLASSES
-            values = [float(v.replace("%", "")) for v in page.locator(".bar-value").all_inner_texts()]
-            assert abs(sum(values) - 100) < 0.5
-            assert page.locator(".bar-row.top").count() == 1
-            for image_id in ("original", "overlay"):
-                size = page.eval_on_selector(f"#{image_id}", "img => img.complete ? img.naturalWidth : 0")
-                assert size == 320, image_id
-            assert "covid-phantom.png" in page.inner_text("#results-title")
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "covid-phantom.png", "mimeType": "image/png", "buffer": phantom_png("covid", 1)}],
+        )
+        page.wait_for_selector("#results:not([hidden])", timeout=30_000)
+        assert page.locator(".bar-label").all_inner_texts() == CLASSES
+        values = [float(v.replace("%", "")) for v in page.locator(".bar-value").all_inner_texts()]
+        assert abs(sum(values) - 100) < 0.5
+        assert page.locator(".bar-row.top").count() == 1
+        for image_id in ("original", "overlay"):
+            size = page.eval_on_selector(f"#{image_id}", "img => img.complete ? img.naturalWidth : 0")
+            assert size == 320, image_id
+        assert "covid-phantom.png" in page.inner_text("#results-title")
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-            dropped = base64.b64encode(phantom_png("normal", 2)).decode()
-            page.evaluate(DROP_JS, [dropped, "dropped.png"])
-            expect(page.locator("#file-name")).to_have_text("dropped.png", timeout=30_000)
+        dropped = base64.b64encode(phantom_png("normal", 2)).decode()
+        page.evaluate(DROP_JS, [dropped, "dropped.png"])
+        expect(page.locator("#file-name")).to_have_text("dropped.png", timeout=30_000)
 
-            page.set_input_files(
-                "#file-input",
-                files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}],
-            )
-            expect(page.locator("#status.error")).to_contain_text("not an image")
-        finally:
-            browser.close()
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}],
+        )
+        expect(page.locator("#status.error")).to_contain_text("not an image")
     expected_400 = [p for p in problems if "400" in p]  # the deliberate bad upload
     assert len(expected_400) == 1 and [p for p in problems if p not in expected_400] == []
