@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,27 +46,25 @@ def _config(**parts: dict) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, object, float]:
+def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, object]:
     """300 three-class phantoms at 64 px, the seed-004 ConvNet trained for a few epochs on the CPU."""
     root = tmp_path_factory.mktemp("accuracy")
     synthesize(root / "data", n=300, size=64, seed=2)
     cfg = _config(data={"test_fraction": 0.2})
-    start = time.monotonic()
     result = train_run(cfg, root / "data", root / "run", progress=False, cache_dir=root / "cache")
-    return cfg, root / "run", result, time.monotonic() - start
+    return cfg, root / "run", result
 
 
 @pytest.mark.slow
 def test_phantoms_are_learned_to_high_test_accuracy(phantom_run) -> None:
-    _, out, result, seconds = phantom_run
+    _, out, result = phantom_run
     assert result.metrics["test_accuracy"] >= 0.9
     assert result.metrics["n_test"] >= 50
-    assert seconds < 120
 
 
 @pytest.mark.slow
 def test_run_folder_holds_every_artifact(phantom_run) -> None:
-    _, out, result, _ = phantom_run
+    _, out, result = phantom_run
     for name in (
         "config.yaml",
         "manifest.csv",
@@ -88,7 +85,7 @@ def test_run_folder_holds_every_artifact(phantom_run) -> None:
 
 @pytest.mark.slow
 def test_config_holds_the_train_split_statistics(phantom_run) -> None:
-    _, out, _, _ = phantom_run
+    _, out, _ = phantom_run
     manifest = pd.read_csv(out / "manifest.csv")
     spec = Preprocess(size=64, channels=1)
     train = np.stack(
@@ -102,7 +99,7 @@ def test_config_holds_the_train_split_statistics(phantom_run) -> None:
 
 @pytest.mark.slow
 def test_manifest_splits_keep_patients_apart(phantom_run) -> None:
-    _, out, _, _ = phantom_run
+    _, out, _ = phantom_run
     manifest = pd.read_csv(out / "manifest.csv")
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
@@ -110,7 +107,7 @@ def test_manifest_splits_keep_patients_apart(phantom_run) -> None:
 
 @pytest.mark.slow
 def test_metrics_csv_has_one_row_per_epoch_and_best_checkpoint_is_lowest_val_loss(phantom_run) -> None:
-    cfg, out, _, _ = phantom_run
+    cfg, out, _ = phantom_run
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS
     assert metrics["epoch"].tolist() == list(range(1, EPOCHS + 1))
@@ -124,7 +121,7 @@ def test_metrics_csv_has_one_row_per_epoch_and_best_checkpoint_is_lowest_val_los
 
 @pytest.mark.slow
 def test_bundle_reproduces_the_test_accuracy(phantom_run) -> None:
-    _, out, result, _ = phantom_run
+    _, out, result = phantom_run
     manifest = pd.read_csv(out / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
     predictor = load_bundle(out / "bundle")
