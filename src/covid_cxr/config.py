@@ -120,6 +120,9 @@ class TrainConfig(_Strict):
     devices: str = "auto"
     strategy: str = "auto"
     num_workers: int = 0
+    compile: bool = Field(
+        False, description="torch.compile the trained model: faster steps after a one-off compilation"
+    )
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     reduce_lr: ReduceLROnPlateauConfig | None = None

@@ -205,6 +205,8 @@ def _module_and_data(
         head = CxrModule(model.head, cfg.optim, cfg.train.reduce_lr, weights)  # trains model.head in place
         return head, CxrDataModule(features, **loaders)
     log.info("training full model")
+    if cfg.train.compile:
+        model.compile()  # in place: state_dict keys, checkpoints and the bundle stay as without it
     augment = TensorAugment(cfg.augment, cfg.preprocess) if cfg.augment.active else None
     prepare = partial(normalize, spec=cfg.preprocess)
     datamodule = CxrDataModule(images, prepare=prepare, augment=augment, **loaders)
