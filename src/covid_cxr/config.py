@@ -40,6 +40,9 @@ class AugmentConfig(_Strict):
     channel_shift: float = 0.0
     horizontal_flip: bool = False
     vertical_flip: bool = False
+    fill_mode: Literal["nearest", "constant", "reflect"] = Field(
+        "nearest", description="areas a transform uncovers: edge pixels, black (cval 0) or a mirror"
+    )
     featurewise_center: bool = False
     featurewise_std_normalization: bool = False
 

@@ -1,74 +1,117 @@
-"""Keras ImageDataGenerator-style augmentation on normalised tensors, run on the training device."""
+"""Keras ImageDataGenerator-style augmentation on normalised tensors, batched, on the training device.
+
+One affine sampling (``affine_grid`` + ``grid_sample``) transforms the whole batch with a matrix per
+image. Per-image torchvision ``RandomAffine`` calls and kornia's ``RandomAffine`` were measured
+slower on 2 CPU cores (224 px, batch 32: 71 and 257 img/s against about 1,000; 64 px: 1,232 and
+380 img/s against tens of thousands); on a GPU the per-image loop is launch-bound.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from covid_cxr.config import AugmentConfig
 from covid_cxr.data.preprocess import normalize
 from covid_cxr.data.spec import Preprocess
 
+_PADDING = {"nearest": "border", "reflect": "reflection", "constant": "zeros"}
+
 
 class TensorAugment(nn.Module):
-    """Random affine (rotation, shift, shear, zoom), flips and channel shift, drawn per image.
+    """Random rotation, shift, shear, zoom, flips and channel shift, drawn per image.
 
-    Works on a normalised float batch (N, C, H, W) on any device. Units follow Keras:
-    `rotation` and `shear` in degrees, `width_shift`/`height_shift` as fractions of the side,
-    `zoom` as the range [1 - zoom, 1 + zoom], `channel_shift` in 0-255 pixel units (converted with
-    the spec's normalisation, clipped to each image's range). Areas uncovered by the affine
-    transform are filled with 0, the normalised mean.
+    Works on a normalised float batch (N, C, H, W) of square images on any device. Units and
+    order follow Keras' ``ImageDataGenerator.apply_transform``: `rotation` and `shear` in degrees,
+    `width_shift`/`height_shift` as fractions of the side, zoom factors drawn per axis from
+    [1 - zoom, 1 + zoom] (output-to-input, so > 1 zooms out), bilinear sampling; then channel
+    shift in 0-255 pixel units (clipped to each image's range) and flips. Uncovered areas follow
+    `fill_mode`: ``nearest`` repeats the edge, ``reflect`` mirrors, ``constant`` fills black
+    (pixel value 0, as Keras' default ``cval``).
 
     Example:
         >>> aug = TensorAugment(AugmentConfig(rotation=15, horizontal_flip=True), Preprocess(channels=1))
-        >>> out = aug(torch.zeros(4, 1, 64, 64))
+        >>> out = aug(torch.zeros(4, 1, 224, 224))
     """
 
     def __init__(self, cfg: AugmentConfig, spec: Preprocess) -> None:
         super().__init__()
-        self.transforms = nn.Sequential(*_spatial(cfg))
-        self.channel_shift = cfg.channel_shift
-        self.register_buffer("pixel_step", _pixel_step(spec))
+        self.cfg = cfg
+        black, white = _pixel_range(spec)
+        self.register_buffer("black", black)
+        self.register_buffer("pixel_step", (white - black) / 255.0)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Augment every image of (N, C, H, W) with its own random draw; the input is not modified."""
-        out = torch.stack([self.transforms(image) for image in batch])
-        return self._shift_channels(out) if self.channel_shift else out
+        cfg = self.cfg
+        out = self._affine(batch) if _has_affine(cfg) else batch
+        if cfg.channel_shift:
+            out = self._shift_channels(out)
+        if cfg.horizontal_flip:
+            out = _flip_some(out, dim=3)
+        if cfg.vertical_flip:
+            out = _flip_some(out, dim=2)
+        return out
+
+    def _affine(self, batch: torch.Tensor) -> torch.Tensor:
+        """Resample the batch through one random output-to-input affine matrix per image."""
+        theta = random_affine(self.cfg, len(batch), batch.device)
+        grid = F.affine_grid(theta.to(batch.dtype), list(batch.shape), align_corners=False)
+        padding = _PADDING[self.cfg.fill_mode]
+        if padding != "zeros":
+            return F.grid_sample(batch, grid, padding_mode=padding, align_corners=False)
+        black = self.black.to(batch.device, batch.dtype)  # zero padding fills black once shifted back
+        return F.grid_sample(batch - black, grid, padding_mode="zeros", align_corners=False) + black
 
     def _shift_channels(self, batch: torch.Tensor) -> torch.Tensor:
         """Add one random pixel-unit offset per image to all channels, clipped to the image's range."""
-        offset = (torch.rand(len(batch), 1, 1, 1, device=batch.device) * 2 - 1) * self.channel_shift
-        step = self.pixel_step.to(batch.device)
+        offset = (torch.rand(len(batch), 1, 1, 1, device=batch.device) * 2 - 1) * self.cfg.channel_shift
+        step = self.pixel_step.to(batch.device, batch.dtype)
         lo = batch.amin(dim=(2, 3), keepdim=True)
         hi = batch.amax(dim=(2, 3), keepdim=True)
         return torch.maximum(torch.minimum(batch + offset * step, hi), lo)
 
 
-def _pixel_step(spec: Preprocess) -> torch.Tensor:
-    """(1, C, 1, 1): how much one 0-255 pixel unit moves each normalised channel."""
+def random_affine(cfg: AugmentConfig, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, 2, 3) output-to-input matrices in ``affine_grid``'s [-1, 1] coordinates, Keras' composition.
+
+    Keras multiplies rotation @ shift @ shear @ zoom about the image centre; a shift of `f` of the
+    side is `2 f` in these coordinates.
+    """
+
+    def uniform(bound: float) -> torch.Tensor:
+        return (torch.rand(n, device=device) * 2 - 1) * bound
+
+    angle = torch.deg2rad(uniform(cfg.rotation))
+    shear = torch.deg2rad(uniform(cfg.shear))
+    tx, ty = uniform(2 * cfg.width_shift), uniform(2 * cfg.height_shift)
+    zx, zy = 1 + uniform(cfg.zoom), 1 + uniform(cfg.zoom)
+    zero, one = torch.zeros(n, device=device), torch.ones(n, device=device)
+
+    def matrix(*rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotate = matrix([cos, -sin, zero], [sin, cos, zero], [zero, zero, one])
+    shift = matrix([one, zero, tx], [zero, one, ty], [zero, zero, one])
+    shear_m = matrix([one, -torch.sin(shear), zero], [zero, torch.cos(shear), zero], [zero, zero, one])
+    zoom = matrix([zx, zero, zero], [zero, zy, zero], [zero, zero, one])
+    return (rotate @ shift @ shear_m @ zoom)[:, :2, :]
+
+
+def _has_affine(cfg: AugmentConfig) -> bool:
+    return any((cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.shear, cfg.zoom))
+
+
+def _flip_some(batch: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flip each image along `dim` with probability 0.5."""
+    flip = torch.rand(len(batch), 1, 1, 1, device=batch.device) < 0.5
+    return torch.where(flip, batch.flip(dim), batch)
+
+
+def _pixel_range(spec: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) normalised values of pixel 0 (black) and pixel 255 (white) for each channel."""
     probe = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 1, spec.channels)
     black, white = normalize(probe.contiguous(), spec)
-    return ((white - black) / 255.0).view(1, spec.channels, 1, 1)
-
-
-def _spatial(cfg: AugmentConfig) -> list[nn.Module]:
-    """The torchvision v2 transforms the config turns on."""
-    steps: list[nn.Module] = []
-    if cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom:
-        steps.append(
-            v2.RandomAffine(
-                degrees=cfg.rotation,
-                translate=(cfg.width_shift, cfg.height_shift)
-                if cfg.width_shift or cfg.height_shift
-                else None,
-                scale=(1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None,
-                shear=cfg.shear or None,
-                interpolation=v2.InterpolationMode.BILINEAR,
-            )
-        )
-    if cfg.horizontal_flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.vertical_flip:
-        steps.append(v2.RandomVerticalFlip())
-    return steps
+    return black.view(1, spec.channels, 1, 1), white.view(1, spec.channels, 1, 1)
