@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -9,7 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from covid_cxr.config import AugmentConfig
+from covid_cxr.data.augment import TensorAugment
 from covid_cxr.data.datamodule import CxrDataModule, IndexedArrays
+from covid_cxr.data.preprocess import normalize
+from covid_cxr.data.spec import Preprocess
 
 
 @pytest.fixture()
@@ -61,3 +66,28 @@ def test_setup_moves_the_cache_to_the_gpu_and_gathers_batches_there(tmp_path: Pa
     assert x.is_cuda and y.is_cuda and x.shape == (8, 4, 1, 1)
     rows = x[:, 0, 0, 0].long().cpu()
     assert y.cpu().tolist() == [int(labels[r]) for r in rows]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_training_batches_never_wait_for_the_device() -> None:
+    spec = Preprocess(size=16, channels=3, normalize="imagenet")
+    images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8, device="cuda")
+    augment = TensorAugment(AugmentConfig(rotation=10, zoom=0.1, channel_shift=5, fill_mode="constant"), spec)
+    dm = CxrDataModule(
+        images,
+        np.arange(40) % 3,
+        {"train": np.arange(40), "val": np.arange(4)},
+        batch_size=8,
+        prepare=partial(normalize, spec=spec),
+        augment=augment,
+    )
+    dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False)
+    dm.trainer.training = True
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any blocking copy or .item() raises
+    try:
+        for batch in dm.train_dataloader():
+            x, y = dm.on_after_batch_transfer(batch, 0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and y.is_cuda and x.shape == (8, 3, 16, 16)

@@ -61,13 +61,13 @@ class TensorAugment(nn.Module):
         padding = _PADDING[self.cfg.fill_mode]
         if padding != "zeros":
             return F.grid_sample(batch, grid, padding_mode=padding, align_corners=False)
-        black = self.black.to(batch.device, batch.dtype)  # zero padding fills black once shifted back
+        black = self.black.to(batch.device, batch.dtype, non_blocking=True)  # zeros pad -> black fill
         return F.grid_sample(batch - black, grid, padding_mode="zeros", align_corners=False) + black
 
     def _shift_channels(self, batch: torch.Tensor) -> torch.Tensor:
         """Add one random pixel-unit offset per image to all channels, clipped to the image's range."""
         offset = (torch.rand(len(batch), 1, 1, 1, device=batch.device) * 2 - 1) * self.cfg.channel_shift
-        step = self.pixel_step.to(batch.device, batch.dtype)
+        step = self.pixel_step.to(batch.device, batch.dtype, non_blocking=True)
         lo = batch.amin(dim=(2, 3), keepdim=True)
         hi = batch.amax(dim=(2, 3), keepdim=True)
         return torch.maximum(torch.minimum(batch + offset * step, hi), lo)

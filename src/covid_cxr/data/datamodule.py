@@ -25,7 +25,8 @@ class IndexedArrays(Dataset):
 
     def __init__(self, inputs: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray) -> None:
         self.inputs = inputs
-        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)
+        device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long).to(device)  # once per loader
         self.indices = np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -37,11 +38,15 @@ class IndexedArrays(Dataset):
         return (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x), self.labels[row]
 
     def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch with one gather (one memmap read, or one index on the array's device)."""
+        """A whole batch with one gather (one memmap read, or one index on the array's device).
+
+        On a GPU nothing here waits for the device: the row numbers are the only host-to-device
+        copy, and it does not block, so the next step queues while the current one runs.
+        """
         rows = self.indices[np.asarray(items, dtype=np.int64)]
         if isinstance(self.inputs, torch.Tensor):
-            labels = self.labels[torch.from_numpy(rows)].to(self.inputs.device)
-            return self.inputs[torch.from_numpy(rows).to(self.inputs.device)], labels
+            index = torch.from_numpy(rows).to(self.inputs.device, non_blocking=True)
+            return self.inputs[index], self.labels[index]
         return torch.from_numpy(np.ascontiguousarray(self.inputs[rows])), self.labels[torch.from_numpy(rows)]
 
 

@@ -57,9 +57,10 @@ def normalize(batch: torch.Tensor | np.ndarray, spec: Preprocess) -> torch.Tenso
     if mean is None:
         return x.div_(255.0)
     shape = (-1, 1, 1) if x.ndim == 3 else (1, -1, 1, 1)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=x.dtype, device=x.device)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=x.dtype, device=x.device)
-    return x.mul_(scale.view(shape)).add_(shift.view(shape))
+    # built on the host and copied without blocking: torch.tensor(..., device=cuda) would wait for the GPU
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=x.dtype).to(x.device, non_blocking=True)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=x.dtype)
+    return x.mul_(scale.view(shape)).add_(shift.to(x.device, non_blocking=True).view(shape))
 
 
 def preprocess(image: np.ndarray, spec: Preprocess) -> torch.Tensor:
