@@ -7,7 +7,7 @@ For each architecture, three ways of training the same model (Adam, cross-entrop
 - ``covid-cxr``: the product's own path: ``ImageCache`` (uint8, decoded once), ``build_stage`` and
   ``make_trainer`` (Lightning) with ``train.precision`` bf16-mixed on CUDA, channels_last, batches
   normalised on the device, and on CUDA the whole uint8 cache moved to the GPU once
-  (``CxrDataModule.setup``) so batches are gathered there; ``--compile`` adds ``model.compile()``;
+  (``CxrDataModule.setup``) so batches are gathered there; ``--compile`` sets ``train.compile``;
 - ``ceiling``: the same model, precision, layout (and compile) on random tensors already on the device:
   no data pipeline at all.
 
@@ -157,6 +157,7 @@ def run_config(arch: str, args: argparse.Namespace, device: torch.device) -> Run
                 "accelerator": "gpu" if device.type == "cuda" else "cpu",
                 "devices": "1",
                 "seed": 0,
+                "compile": args.compile,
             },
         }
     )
@@ -166,8 +167,6 @@ def covid_cxr(arch: str, manifest: pd.DataFrame, work: Path, args, device: torch
     """img/s of the product's training path (build_stage + make_trainer + fit)."""
     cfg = run_config(arch, args, device)
     stage = build_stage(cfg, manifest, work / "cache")
-    if args.compile:
-        stage.model.compile()
     meter = Meter(device)
     trainer = make_trainer(stage.cfg, work / f"run-{arch}", progress=False, extra=[MeterCallback(meter)])
     trainer.fit(stage.module, datamodule=stage.datamodule)
