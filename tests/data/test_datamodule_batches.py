@@ -91,3 +91,16 @@ def test_gpu_training_batches_never_wait_for_the_device() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x.is_cuda and y.is_cuda and x.shape == (8, 3, 16, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cache_too_big_for_the_gpu_stays_on_the_host_with_pinned_batches(
+    memmap: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("covid_cxr.data.datamodule.DEVICE_CACHE_FRACTION", 0.0)
+    dm = CxrDataModule(memmap, np.zeros(20, int), {"train": np.arange(20), "val": np.arange(2)}, batch_size=4)
+    dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False)
+    dm.setup("fit")
+    assert dm.inputs is memmap
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.is_pinned() and y.is_pinned()

@@ -63,7 +63,8 @@ class CxrDataModule(L.LightningDataModule):
     A 4-D result is made channels_last. With `balance_sampler`, training draws a
     WeightedRandomSampler (inverse class frequency); otherwise it shuffles with a seeded generator.
     On a CUDA trainer without loader workers, the array moves to the GPU once when it fits in
-    DEVICE_CACHE_FRACTION of the free memory, so batches are gathered there and nothing is copied per step.
+    DEVICE_CACHE_FRACTION of the free memory, so batches are gathered there and nothing is copied per step;
+    otherwise batches are pinned so that their copy to the GPU does not block.
     """
 
     def __init__(
@@ -84,17 +85,21 @@ class CxrDataModule(L.LightningDataModule):
         self.inputs, self.labels, self.splits = inputs, np.asarray(labels), dict(splits)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.prepare_batch, self.augment, self.balance_sampler = prepare, augment, balance_sampler
+        self.pin_memory = False
 
     def setup(self, stage: str) -> None:
         """Move the array to the trainer's CUDA device when it fits (see the class docstring)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if device is None or device.type != "cuda" or self.num_workers > 0:
+        if device is None or device.type != "cuda":
             return
         if isinstance(self.inputs, torch.Tensor) and self.inputs.device == device:
             return
         free, _ = torch.cuda.mem_get_info(device)
-        if self.inputs.nbytes > DEVICE_CACHE_FRACTION * free:
-            log.info("cached array (%.1f GB) stays in host memory", self.inputs.nbytes / 1e9)
+        if self.num_workers > 0 or self.inputs.nbytes > DEVICE_CACHE_FRACTION * free:
+            log.info(
+                "cached array (%.1f GB) stays in host memory; batches are pinned", self.inputs.nbytes / 1e9
+            )
+            self.pin_memory = True
             return
         self.inputs = _to_device(self.inputs, device)
         log.info("cached array %s moved to %s", tuple(self.inputs.shape), device)
@@ -140,6 +145,7 @@ class CxrDataModule(L.LightningDataModule):
             generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
             collate_fn=_batch,
         )
 
