@@ -202,7 +202,7 @@ def checks_section(files: RunFiles) -> dict:
         ),
         ("Exact duplicate groups", len(c["exact_duplicates"])),
         (
-            f"Near-duplicate groups (phash distance ≤ {c['near_duplicate_distance']})",
+            f"Near-duplicate groups (phash distance ≤ {c['near_duplicate_distance']}, confirmed)",
             len(c["near_duplicates"]),
         ),
         ("Duplicate groups with conflicting labels", sum(len(set(g["labels"])) > 1 for g in duplicates)),
