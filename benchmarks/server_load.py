@@ -6,8 +6,11 @@ each with its own keep-alive connection, send requests back to back for T second
 
 - ``predict``: TF-Serving ``POST /v1/models/bench:predict`` with one ``{"b64": <PNG>}`` instance;
 - ``upload``: multipart ``POST /predict`` with the PNG file;
-- ``array``: ``:predict`` with one preprocessed `--size` x `--size` x 3 float array as JSON (seed 000's
-  client; not in the defaults);
+- ``array``: ``:predict`` with one random `--size` x `--size` x 3 float array as JSON, 4 decimals
+  (not in the defaults);
+- ``floats``: seed 000's client body, ``{"signature_name": "serving_default", "instances": x.tolist()}``
+  with `x` the PNG preprocessed to a (1, `--size`, `--size`, 3) float32 array, every float at full
+  precision (~3 MB of JSON at 224 px; not in the defaults);
 - ``explain``: TF-Serving ``POST /v1/models/bench:explain`` (Grad-CAM), same body as ``predict``.
 
 The PNG is a synthetic `--source` x `--source` chest phantom, so every request decodes and resizes a
@@ -16,6 +19,7 @@ full-size radiograph. The clients run on the same machine and share its cores wi
 
     python benchmarks/server_load.py              # ~1.5 min on 2 cores (~3 min with --batching)
     python benchmarks/server_load.py --clients 1,8,32 --seconds 20 --batching --endpoints predict,array
+    python benchmarks/server_load.py --endpoints floats   # seed 000's float-array body
 
 ``--batching`` replaces the former benchmarks/serve_batching.py: the same load against the server with
 the micro-batcher on (max 16 rows, 5 ms wait).
@@ -40,6 +44,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import chest_png, load_average, percentile_ms, print_header, print_table, random_bundle, verdict  # noqa: E402
+
+from covid_cxr.data.images import decode_bytes  # noqa: E402
+from covid_cxr.data.preprocess import preprocess  # noqa: E402
+from covid_cxr.data.spec import Preprocess  # noqa: E402
 
 TARGET_RPS, TARGET_P99_MS, TARGET_CLIENTS = 50.0, 200.0, 8
 
@@ -83,6 +91,13 @@ def start_server(bundle: Path, batching: bool) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not answer /healthz within 120 s")
 
 
+def seed_000_body(png: bytes, size: int) -> bytes:
+    """Seed 000's :predict body: `png` preprocessed as the bundle does, (1, H, W, 3) float32, `.tolist()`."""
+    spec = Preprocess(size=size, channels=3, normalize="imagenet")
+    image = preprocess(decode_bytes(png, "chest.png"), spec).numpy().transpose(1, 2, 0)[None]
+    return json.dumps({"signature_name": "serving_default", "instances": image.tolist()}).encode()
+
+
 def requests_for(png: bytes, size: int) -> dict[str, dict]:
     """httpx.Client.post keyword arguments of each endpoint."""
     body = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]}).encode()
@@ -94,6 +109,11 @@ def requests_for(png: bytes, size: int) -> dict[str, dict]:
             "url": "/v1/models/bench:predict",
             "headers": json_headers,
             "content": json.dumps({"instances": array.tolist()}).encode(),
+        },
+        "floats": {
+            "url": "/v1/models/bench:predict",
+            "headers": json_headers,
+            "content": seed_000_body(png, size),
         },
         "upload": {"url": "/predict", "files": {"file": ("chest.png", png, "image/png")}},
         "explain": {"url": "/v1/models/bench:explain", "content": body, "headers": json_headers},
@@ -186,7 +206,8 @@ def main() -> None:
             "Server load",
             {
                 "server": f"covid-cxr serve, 1 worker, {args.arch} at {args.size} px, default backend (onnx)",
-                "request": f"one {args.source}x{args.source} grey PNG ({len(png) / 1e6:.2f} MB)",
+                "request": f"one {args.source}x{args.source} grey PNG ({len(png) / 1e6:.2f} MB); floats: "
+                f"that PNG preprocessed, {len(seed_000_body(png, args.size)) / 1e6:.2f} MB of JSON",
                 "duration": f"{args.seconds:.0f} s per setting ({args.explain_seconds:.0f} s for explain), "
                 "after 2 s warm-up",
                 "client": f"httpx, one thread and connection per client, pid {os.getpid()}",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import tempfile
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +18,7 @@ from PIL import Image
 from covid_cxr.bundle import load_bundle
 from covid_cxr.data.images import decode_bytes
 from covid_cxr.predictor import Predictor
+from covid_cxr.serving.inputs import NHWCRows, batch_tensor, nhwc_batch
 from tests.data.test_dicom import make_dicom
 from tests.serving.conftest import CLASSES, MODEL_NAME, SPEC, make_client, png_bytes
 
@@ -135,6 +138,89 @@ def test_tf_predict_columnar_inputs(client: TestClient, predictor: Predictor, wr
     np.testing.assert_allclose(
         np.array(body["outputs"]), predictor.predict_tensor(x.transpose(0, 3, 1, 2)), atol=1e-6
     )
+
+
+# --- float-array bodies (seed 000's client), decoded straight to float32 ------------------------------
+
+
+def seed_body(instances: object, **fields: object) -> bytes:
+    """Seed 000's body: json.dumps of signature_name and the batch as nested lists (full-precision floats)."""
+    return json.dumps({"signature_name": "serving_default", "instances": instances, **fields}).encode()
+
+
+def test_float_array_body_matches_predictor_and_the_general_path(
+    client: TestClient, predictor: Predictor
+) -> None:
+    x = nhwc(2, seed=30)
+    array = client.post(f"{V1}:predict", content=seed_body(x.tolist()))
+    named = client.post(f"{V1}:predict", json={"instances": [{"input": row.tolist()} for row in x]})
+    assert array.status_code == named.status_code == 200
+    got = np.array(array.json()["predictions"])
+    np.testing.assert_allclose(got, predictor.predict_tensor(x.transpose(0, 3, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(got, np.array(named.json()["predictions"]), atol=1e-7)
+
+
+def test_nhwc_batch_is_batch_tensor_and_leaves_every_mistake_to_it() -> None:
+    x = nhwc(3, seed=31)
+    text = json.dumps(x.tolist())
+    rows = msgspec.json.decode(text, type=NHWCRows)
+    fast = nhwc_batch(rows, SPEC, max_instances=3)
+    assert fast is not None and fast.dtype == np.float32 and fast.flags.c_contiguous
+    np.testing.assert_array_equal(fast, x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(fast, batch_tensor(json.loads(text), SPEC, 10**6, 3))
+    ragged = (rows[0][:-1] + ((rows[0][0][:-1]),), *rows[1:])
+    overflow = ((((1e39, 0.0, 0.0), *rows[0][0][1:]), *rows[0][1:]),)
+    for bad in [(), rows + rows[:1], ragged, overflow, tuple(r[:31] for r in rows), ((((1.0,),),),)]:
+        assert nhwc_batch(bad, SPEC, max_instances=3) is None
+
+
+def _mutated(change: str) -> bytes:
+    """A valid (1, 32, 32, 3) seed-000 body with one mistake deep inside the array."""
+    rows = nhwc(1, seed=32).tolist()
+    if change == "ragged":
+        del rows[0][5][7]
+    elif change == "short row":
+        rows[0][5][7] = rows[0][5][7][:2]
+    elif change == "overflow":
+        rows[0][3][4][1] = 1e39
+    elif change == "size":
+        rows[0] = rows[0][:31]
+    elif change != "valid":
+        rows[0][3][4][1] = {"string": "0.5", "null": None, "nan": float("nan")}[change]
+    return seed_body(rows)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (_mutated("ragged"), 400, "instance 0: expected a rectangular array of numbers"),
+        (_mutated("short row"), 400, "instance 0: expected a rectangular array of numbers"),
+        (_mutated("string"), 400, "instance 0: expected a rectangular array of numbers"),
+        (_mutated("null"), 400, "instance 0: expected a rectangular array of numbers"),
+        (_mutated("nan"), 400, "instance 0: values must be finite"),
+        (_mutated("overflow"), 400, "instance 0: values must be finite"),
+        (_mutated("size"), 400, "instance 0: expected shape [32, 32, 3] (NHWC), got [31, 32, 3]"),
+        (_mutated("valid")[:-1], 400, "malformed JSON"),
+        (_mutated("valid") + b" x", 400, "malformed JSON"),
+        (seed_body(nhwc(1).tolist(), signature_name="predict"), 400, "unknown signature_name 'predict'"),
+        (seed_body(nhwc(1).tolist(), inputs=nhwc(1).tolist()), 400, "exactly one"),
+        (seed_body(nhwc(1).tolist(), instance=1), 422, "instance: Extra inputs are not permitted"),
+    ],
+)
+def test_float_array_mistakes_get_4xx_naming_them(
+    client: TestClient, body: bytes, status: int, words: str
+) -> None:
+    response = client.post(f"{V1}:predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_float_array_instances_over_the_limit_are_413(bundle_dir: Path) -> None:
+    with make_client(bundle_dir, max_instances=2) as client:
+        response = client.post(f"{V1}:predict", content=seed_body(nhwc(3).tolist()))
+        assert response.status_code == 413 and "3 instances exceed the limit of 2" in response.json()["error"]
+        columnar = client.post(f"{V1}:predict", json={"inputs": nhwc(3).tolist()})
+        assert columnar.status_code == 413
 
 
 def test_kserve_infer_matches_predictor(client: TestClient, predictor: Predictor) -> None:

@@ -228,3 +228,95 @@ def _read_all(sock: socket.socket) -> bytes:
     except (TimeoutError, ConnectionResetError):
         pass
     return b"".join(chunks)
+
+
+def _number(value: Any) -> bool:
+    """Whether a JSON leaf is a number that float32 holds (bools and non-finite values are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(np.float32(float(value))))
+    except OverflowError:
+        return False
+
+
+def _valid_batch(rows: list[Any]) -> bool:
+    """Whether `rows` is a (1, 32, 32, 3) array of float32 numbers: what the server must answer with 200."""
+    leaves: list[Any] = []
+    stack = [rows]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        else:
+            leaves.append(item)
+    if not all(_number(v) for v in leaves):
+        return False
+    try:
+        return np.asarray(rows, dtype=np.float64).shape == (1, 32, 32, 3)
+    except ValueError:  # ragged
+        return False
+
+
+# No bools: numpy reads `true` among floats as 1.0, which the server has always taken.
+leaf_values = (
+    st.floats(width=32)
+    | st.floats(min_value=3e38, max_value=1e300)
+    | st.integers(-(10**40), 10**40)
+    | st.none()
+    | st.text(max_size=5)
+    | st.lists(st.floats(width=32), max_size=4)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+# (row, column, channel, value): channel 0-2 sets that number, 3 replaces the pixel, -1 deletes it
+array_edits = st.lists(
+    st.tuples(st.integers(0, 31), st.integers(0, 31), st.integers(-1, 3), leaf_values), max_size=3
+)
+
+
+def test_fuzzed_float_arrays_get_200_exactly_when_valid(client: TestClient, bundle_dir: Path) -> None:
+    from covid_cxr.bundle import load_bundle
+
+    predictor = load_bundle(bundle_dir)
+    base = np.random.default_rng(33).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(array_edits, st.booleans())
+    def send(edits: list[tuple[int, int, int, Any]], columnar: bool) -> None:
+        rows = base.tolist()
+        for i, j, k, value in edits:
+            row = rows[0][i]
+            if j >= len(row):
+                continue
+            if k == -1:
+                del row[j]
+            elif k == 3:
+                row[j] = value
+            elif isinstance(row[j], list) and k < len(row[j]):
+                row[j][k] = value
+        body = json.dumps(
+            {"signature_name": "serving_default", ("inputs" if columnar else "instances"): rows}
+        )
+        response = client.post(
+            f"{V1}:predict", content=body.encode(), headers={"content-type": "application/json"}
+        )
+        statuses.append(response.status_code)
+        if _valid_batch(rows):
+            assert response.status_code == 200, (response.text, edits)
+            got = np.array(response.json()["outputs" if columnar else "predictions"])
+            x = np.asarray(rows, dtype=np.float32).transpose(0, 3, 1, 2)
+            np.testing.assert_allclose(got, predictor.predict_tensor(x), atol=1e-5)
+        else:
+            assert response.status_code == 400, (response.status_code, response.text, edits)
+            assert "instance 0" in response.json()["error"]
+
+    send()
+    assert {200, 400} <= set(statuses)

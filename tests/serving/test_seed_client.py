@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -58,3 +59,19 @@ def test_seed_000_client_prints_the_prediction(live_server: str, bundle_dir) -> 
     predicted = printed.removeprefix("The prediction for this image is: ").strip()
     probs = load_bundle(bundle_dir).predict_tensor(input_image.transpose(0, 3, 1, 2))
     assert predicted == CLASSES[int(np.argmax(probs))]
+
+
+def test_seed_000_body_gives_the_predictors_probabilities(live_server: str, bundle_dir) -> None:
+    import requests
+
+    input_image = load_image_normalize(png_bytes((64, 64, 3), seed=22), mean=120.0, std=60.0, size=SPEC.size)
+    data = json.dumps({"signature_name": "serving_default", "instances": input_image.tolist()})
+    r = requests.post(
+        f"{live_server}/v1/models/covid_vgg16_no_reg_grad:predict",
+        data=data,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    probs = load_bundle(bundle_dir).predict_tensor(input_image.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(np.array(r.json()["predictions"]), probs, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ from covid_cxr.serving.settings import Settings
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the bundle and start the micro-batcher; stop it on shutdown."""
     state = await asyncio.to_thread(ServerState.load, app.state.settings)
+    gc.collect()
+    gc.freeze()  # the model and libraries live as long as the server: full collections skip them
     async with state.runner:
         app.state.served = state
         yield
