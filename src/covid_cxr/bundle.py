@@ -116,13 +116,20 @@ def _bundle_info(
         "arch": config.model.arch,
         "head": config.model.head.model_dump(),
         "preprocess": preprocess.model_dump(mode="json"),
-        "target_layer": model.target_layer_name,
+        "target_layer": _cam_layer(model, preprocess.size),
         "temperature": float(temperature),
         "metrics": metrics,
         "data_fingerprint": data_fingerprint,
         "onnx": dict(_ONNX_IO) if MODEL_ONNX in files else None,
         "files": files,
     }
+
+
+def _cam_layer(model: nn.Module, size: int) -> str:
+    """The Grad-CAM layer at the bundle's input size (the declared one unless its map is too coarse)."""
+    from covid_cxr.explain.cam import default_layer  # pytorch-grad-cam is imported only when writing
+
+    return default_layer(model, model.target_layer_name, size)
 
 
 def save_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:

@@ -20,10 +20,11 @@ from covid_cxr.data.preprocess import prepare, preprocess
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.errors import ConfigError
 from covid_cxr.explain import CamModel, explain, explain_batch
-from covid_cxr.explain.cam import input_cams, predict_probabilities
+from covid_cxr.explain.cam import MIN_CAM_SIDE, input_cams, predict_probabilities
 from covid_cxr.explain.overlay import content_box
 from covid_cxr.models.registry import backbone_info, list_backbones
 from covid_cxr.models.zoo import Classifier, build_model
+from tests.explain.test_default_layer import map_side
 
 CLASSES = ["normal", "covid", "viral"]
 ORIGINAL = (97, 131)
@@ -72,7 +73,7 @@ def test_heatmap_at_original_size_for_every_backbone(arch: str, method: str) -> 
     assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
     assert result.overlay.shape == (*ORIGINAL, 3) and result.overlay.dtype == np.uint8
     assert result.panel.shape == (ORIGINAL[0], 3 * ORIGINAL[1], 3)
-    assert result.layer == subject.model.target_layer_name
+    assert min(map_side(subject.model, result.layer, subject.spec.size)) >= MIN_CAM_SIDE  # not 1x1 at 32 px
     assert result.target_class == max(result.probabilities, key=result.probabilities.get)
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(image, before)
@@ -144,9 +145,9 @@ def test_guided_weights_use_positive_gradients_at_positive_activations() -> None
 
 def test_named_layer_is_used() -> None:
     subject = zoo_subject("vgg16")
-    default = explain(subject, original_image())
+    default = explain(subject, original_image())  # conv3_3's ReLU: the last 8x8 map at 32 px
     named = explain(subject, original_image(), layer="backbone.features.22")  # conv4_3's ReLU, 4x4 at 32 px
-    assert default.layer == "backbone.features.29" and named.layer == "backbone.features.22"
+    assert default.layer == "backbone.features.15" and named.layer == "backbone.features.22"
     assert named.heatmap.max() == pytest.approx(1.0)
     assert not np.allclose(named.heatmap, default.heatmap, atol=0.05)
     relative = explain(subject, original_image(), layer="features.22")  # as the registry names layers

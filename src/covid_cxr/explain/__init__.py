@@ -5,6 +5,7 @@ from covid_cxr.explain.cam import (
     CamModel,
     Explanation,
     GuidedGradCAM,
+    default_layer,
     explain,
     explain_batch,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "CamModel",
     "Explanation",
     "GuidedGradCAM",
+    "default_layer",
     "energy_in_mask",
     "explain",
     "explain_batch",

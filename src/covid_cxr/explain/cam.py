@@ -1,5 +1,9 @@
 """Class activation maps (pytorch-grad-cam) on a classifier's torch model, at the original image's size.
 
+Without a named layer the CAM uses the model's declared target layer, or, when the input is so small
+that its map is coarser than ``MIN_CAM_SIDE`` pixels a side (EfficientNet-Lite0's last layer is 2x2 at
+64 px), the last layer before it whose map is not: see ``default_layer``.
+
 Each request runs inside ``with Method(model=..., target_layers=[...]) as cam:`` so the hooks are
 released, with the model in eval mode and no parameter gradients; afterwards every module's
 train/eval mode and every parameter's ``requires_grad`` and ``.grad`` are what they were.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -54,8 +59,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Target = str | int | None
-_LAYER_DEPTH = 3  # candidate layers listed in errors: up to backbone.<a>.<b>
+MIN_CAM_SIDE = 7  # the usual Grad-CAM map (ResNet-50 at 224 px); a 2x2 or 4x4 map cannot outline a lesion
+_CHAINS = (nn.Sequential, nn.ModuleList)  # their children are whole stages
+_LAYER_DEPTH = 4  # candidate layers: up to backbone.<a>.<b>.<c> (Lite0's blocks.blocks.<i>)
 _LISTED = 25
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str | None, int], str]] = (
+    weakref.WeakKeyDictionary()
+)
 _PROBE_SIZE = 64
 
 
@@ -95,7 +105,8 @@ METHODS: dict[str, type[BaseCAM]] = {
 class CamModel:
     """What a CAM needs from a classifier: its torch model (logits), preprocessing, class names and head.
 
-    ``layer`` is the default target layer (None: the model's ``target_layer_name``, else the last Conv2d);
+    ``layer`` is the preferred target layer (None: the model's ``target_layer_name``, else the last Conv2d),
+    used when no layer is named and refined by resolution (``default_layer``);
     ``lock`` serialises requests on the model (hooks and mode switches are not thread-safe).
     """
 
@@ -149,7 +160,10 @@ def explain(
     colormap: str = "jet",
     alpha: float = 0.5,
 ) -> Explanation:
-    """Explain one decoded image (uint8, any size) for ``target`` (class name, index, None = predicted)."""
+    """Explain one decoded image (uint8, any size) for ``target`` (class name, index, None = predicted).
+
+    ``layer`` names the target layer; None uses ``default_layer`` of the model at its input size.
+    """
     subject = as_cam_model(model)
     probabilities, target_class, heat, layer_name = compute_heatmap(subject, image, method, target, layer)
     original = to_rgb(image)
@@ -202,7 +216,7 @@ def compute_heatmap(
     subject = as_cam_model(model)
     x = preprocess(image, subject.spec).unsqueeze(0)
     with subject.lock:
-        name, _ = resolve_layer(subject.model, layer or subject.layer)
+        name, _ = cam_layer(subject, layer)
         probs = predict_probabilities(subject, x)[0]
         index = resolve_target(target, subject.classes, probs)
         cam = input_cams(subject, x, [index], method, name)[0]
@@ -223,7 +237,7 @@ def input_cams(
     The caller holds ``subject.lock`` when other threads may use the model.
     """
     cam_class = _method(method)
-    name, module = resolve_layer(subject.model, layer or subject.layer)
+    name, module = cam_layer(subject, layer)
     single_logit = num_outputs(subject.output, len(subject.classes)) == 1
     wrap = BinaryClassifierOutputTarget if single_logit else ClassifierOutputTarget
     x = x.detach().to(_device(subject.model)).requires_grad_(True)  # gradients reach the layer, not weights
@@ -244,6 +258,45 @@ def predict_probabilities(subject: CamModel, x: torch.Tensor) -> np.ndarray:
     probs = Probabilities(subject.model, len(subject.classes), subject.temperature, subject.output)
     with isolated(subject.model), torch.no_grad():
         return probs(x.to(_device(subject.model))).float().cpu().numpy()
+
+
+def cam_layer(subject: CamModel, layer: str | None = None) -> tuple[str, nn.Module]:
+    """The layer a CAM of ``subject`` uses: ``layer`` as named, else ``default_layer`` at the input size.
+
+    The default is probed once per model, preferred layer and size (a forward pass), then remembered.
+    """
+    if layer:
+        return resolve_layer(subject.model, layer)
+    chosen = _DEFAULT_LAYERS.setdefault(subject.model, {})
+    key = (subject.layer, subject.spec.size)
+    if key not in chosen:
+        chosen[key] = default_layer(subject.model, subject.layer, subject.spec.size)
+    return resolve_layer(subject.model, chosen[key])
+
+
+def default_layer(
+    model: nn.Module, preferred: str | None = None, size: int | None = None, min_side: int = MIN_CAM_SIDE
+) -> str:
+    """The CAM layer when none is named: ``preferred`` (else ``resolve_layer``'s choice) when its map at
+    ``size`` px (default ``model.image_size``) is at least ``min_side`` a side, else the last whole stage
+    before it whose map is (if any).
+
+    A whole stage is a child of an ``nn.Sequential`` or ``nn.ModuleList``, not a branch or half of a
+    residual block. At a backbone's usual input size this is the declared layer; at 128 px
+    EfficientNet-Lite0's 4x4 ``head`` gives way to the 8x8 ``blocks.blocks.10``, ResNet-50's
+    ``layer4`` to ``layer3``.
+    """
+    name, _ = resolve_layer(model, preferred)
+    sides = feature_sides(model, size)
+    if name not in sides or min(sides[name]) >= min_side:
+        return name
+    modules, order = dict(model.named_modules()), list(sides)
+    chains = [n for n in order[: order.index(name)] if isinstance(modules[n.rpartition(".")[0]], _CHAINS)]
+    finer = [n for n in chains if min(sides[n]) >= min_side]
+    if not finer:
+        return name
+    log.debug("CAM layer %s: %s is %dx%d at %s px", finer[-1], name, *sides[name], size)
+    return finer[-1]
 
 
 def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
@@ -267,18 +320,24 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
 
 
 def layer_candidates(model: nn.Module) -> list[str]:
-    """Names (at most three levels deep) of the modules with a 4-D output, in forward order.
+    """Names (at most four levels deep) of the modules with a 4-D output, in forward order."""
+    return list(feature_sides(model))
 
-    Found with one forward pass of zeros at ``model.image_size`` (64 px when the model has none).
+
+def feature_sides(model: nn.Module, size: int | None = None) -> dict[str, tuple[int, int]]:
+    """(height, width) of the 4-D output of each module at most four levels deep, in forward order.
+
+    Found with one forward pass of zeros at ``size`` px (default ``model.image_size``, else 64); a
+    module called more than once keeps the size of its last call.
     """
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    size = getattr(model, "image_size", _PROBE_SIZE)
-    found: list[str] = []
+    size = size or getattr(model, "image_size", _PROBE_SIZE)
+    found: dict[str, tuple[int, int]] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor) and out.dim() == 4:
-                found.append(name)
+                found[name] = (int(out.shape[-2]), int(out.shape[-1]))
 
         return hook
 
@@ -290,7 +349,7 @@ def layer_candidates(model: nn.Module) -> list[str]:
     finally:
         for hook in hooks:
             hook.remove()
-    return list(dict.fromkeys(found))
+    return found
 
 
 def resolve_target(target: Target, classes: Sequence[str], probabilities: np.ndarray) -> int:
