@@ -1,9 +1,9 @@
 """Keras ImageDataGenerator-style augmentation on normalised tensors, batched, on the training device.
 
 One affine sampling (``affine_grid`` + ``grid_sample``) transforms the whole batch with a matrix per
-image. Per-image torchvision ``RandomAffine`` calls and kornia's ``RandomAffine`` were measured
-slower on 2 CPU cores (224 px, batch 32: 71 and 257 img/s against about 1,000; 64 px: 1,232 and
-380 img/s against tens of thousands); on a GPU the per-image loop is launch-bound.
+image, flips included. ``benchmarks/augment.py`` (2 CPU cores, batch 32) measured it against
+torchvision's ``RandomAffine`` called per image and kornia's batched ``RandomAffine``: 1.7x and 1.2x
+their speed at 224 px RGB, 6.3x and 2.0x at 64 px grey. On a GPU a per-image loop is launch-bound.
 """
 
 from __future__ import annotations
@@ -44,15 +44,8 @@ class TensorAugment(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Augment every image of (N, C, H, W) with its own random draw; the input is not modified."""
-        cfg = self.cfg
-        out = self._affine(batch) if _has_affine(cfg) else batch
-        if cfg.channel_shift:
-            out = self._shift_channels(out)
-        if cfg.horizontal_flip:
-            out = _flip_some(out, dim=3)
-        if cfg.vertical_flip:
-            out = _flip_some(out, dim=2)
-        return out
+        out = self._affine(batch) if _resamples(self.cfg) else batch
+        return self._shift_channels(out) if self.cfg.channel_shift else out
 
     def _affine(self, batch: torch.Tensor) -> torch.Tensor:
         """Resample the batch through one random output-to-input affine matrix per image."""
@@ -62,7 +55,7 @@ class TensorAugment(nn.Module):
         if padding != "zeros":
             return F.grid_sample(batch, grid, padding_mode=padding, align_corners=False)
         black = self.black.to(batch.device, batch.dtype, non_blocking=True)  # zeros pad -> black fill
-        return F.grid_sample(batch - black, grid, padding_mode="zeros", align_corners=False) + black
+        return F.grid_sample(batch - black, grid, padding_mode="zeros", align_corners=False).add_(black)
 
     def _shift_channels(self, batch: torch.Tensor) -> torch.Tensor:
         """Add one random pixel-unit offset per image to all channels, clipped to the image's range."""
@@ -76,8 +69,9 @@ class TensorAugment(nn.Module):
 def random_affine(cfg: AugmentConfig, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(n, 2, 3) output-to-input matrices in ``affine_grid``'s [-1, 1] coordinates, Keras' composition.
 
-    Keras multiplies rotation @ shift @ shear @ zoom about the image centre; a shift of `f` of the
-    side is `2 f` in these coordinates.
+    Keras multiplies rotation @ shift @ shear @ zoom about the image centre, then flips the result; a
+    shift of `f` of the side is `2 f` in these coordinates, and a flip negates an output axis (folded
+    into the matrix, it costs nothing; it commutes with the channel shift).
     """
 
     def uniform(bound: float) -> torch.Tensor:
@@ -97,17 +91,22 @@ def random_affine(cfg: AugmentConfig, n: int, device: torch.device | str = "cpu"
     shift = matrix([one, zero, tx], [zero, one, ty], [zero, zero, one])
     shear_m = matrix([one, -torch.sin(shear), zero], [zero, torch.cos(shear), zero], [zero, zero, one])
     zoom = matrix([zx, zero, zero], [zero, zy, zero], [zero, zero, one])
-    return (rotate @ shift @ shear_m @ zoom)[:, :2, :]
+    fx, fy = _signs(n, cfg.horizontal_flip, device), _signs(n, cfg.vertical_flip, device)
+    flip = matrix([fx, zero, zero], [zero, fy, zero], [zero, zero, one])
+    return (rotate @ shift @ shear_m @ zoom @ flip)[:, :2, :]
 
 
-def _has_affine(cfg: AugmentConfig) -> bool:
-    return any((cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.shear, cfg.zoom))
+def _resamples(cfg: AugmentConfig) -> bool:
+    """True when any geometric transform (flips included) is on."""
+    geometric = (cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.shear, cfg.zoom)
+    return any((*geometric, cfg.horizontal_flip, cfg.vertical_flip))
 
 
-def _flip_some(batch: torch.Tensor, dim: int) -> torch.Tensor:
-    """Flip each image along `dim` with probability 0.5."""
-    flip = torch.rand(len(batch), 1, 1, 1, device=batch.device) < 0.5
-    return torch.where(flip, batch.flip(dim), batch)
+def _signs(n: int, flips: bool, device: torch.device | str) -> torch.Tensor:
+    """-1 for each image drawn to flip (probability 0.5 when `flips`), else 1."""
+    if not flips:
+        return torch.ones(n, device=device)
+    return torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
 
 
 def _pixel_range(spec: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
