@@ -32,18 +32,34 @@ def tiny_config(head: HeadConfig = HEAD, spec: Preprocess = SPEC) -> RunConfig:
     return RunConfig(name="tiny", preprocess=spec, model=ModelConfig(arch="convnet", head=head))
 
 
-def tiny_model(head: HeadConfig = HEAD, num_classes: int = 3, spec: Preprocess = SPEC,
-               seed: int = 0) -> Classifier:
+def tiny_model(
+    head: HeadConfig = HEAD, num_classes: int = 3, spec: Preprocess = SPEC, seed: int = 0
+) -> Classifier:
     """A randomly initialised convnet in eval mode, deterministic for a seed."""
     torch.manual_seed(seed)
     return build_model("convnet", head, num_classes, image_size=spec.size, in_chans=spec.channels).eval()
 
 
-def write_tiny(out: Path, model: Classifier, temperature: float = 1.0, head: HeadConfig = HEAD,
-               classes: list[str] = CLASSES, export_onnx: bool = True) -> Path:
+def write_tiny(
+    out: Path,
+    model: Classifier,
+    temperature: float = 1.0,
+    head: HeadConfig = HEAD,
+    classes: list[str] = CLASSES,
+    export_onnx: bool = True,
+) -> Path:
     """write_bundle with the tiny config and a small metrics summary."""
-    return write_bundle(out, model, tiny_config(head), classes, SPEC, {"accuracy": np.float64(0.75)},
-                        "fingerprint-123", temperature=temperature, export_onnx=export_onnx)
+    return write_bundle(
+        out,
+        model,
+        tiny_config(head),
+        classes,
+        SPEC,
+        {"accuracy": np.float64(0.75)},
+        "fingerprint-123",
+        temperature=temperature,
+        export_onnx=export_onnx,
+    )
 
 
 def image_files(folder: Path, count: int = 4) -> list[Path]:
@@ -120,8 +136,9 @@ def test_model_pt_is_the_state_dict(bundle: Path, model: Classifier) -> None:
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_round_trip_matches_in_memory_model(bundle: Path, model: Classifier, images: list[Path],
-                                            backend: str) -> None:
+def test_round_trip_matches_in_memory_model(
+    bundle: Path, model: Classifier, images: list[Path], backend: str
+) -> None:
     predictor = load_bundle(bundle, backend=backend)
     assert predictor.backend == backend
     assert predictor.classes == CLASSES
@@ -153,8 +170,9 @@ def test_writing_leaves_the_callers_model_untouched(tmp_path: Path) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_rewriting_replaces_the_bundle_atomically(tmp_path: Path, model: Classifier,
-                                                  images: list[Path]) -> None:
+def test_rewriting_replaces_the_bundle_atomically(
+    tmp_path: Path, model: Classifier, images: list[Path]
+) -> None:
     out = tmp_path / "bundle"
     write_tiny(out, model)
     other = tiny_model(num_classes=2, seed=1)
@@ -219,10 +237,14 @@ CORRUPTIONS = {
     "no class names": (lambda f: _drop_key(f, "class_names"), r"bundle\.json: missing keys class_names"),
     "tampered model.pt": (lambda f: _flip_byte(f, "model.pt"), r"model\.pt: sha256 mismatch"),
     "tampered model.onnx": (lambda f: _flip_byte(f, "model.onnx"), r"model\.onnx: sha256 mismatch"),
-    "unreadable model.pt": (lambda f: _garbage_with_matching_hash(f, "model.pt"),
-                            r"model\.pt: not a readable state dict"),
-    "unreadable model.onnx": (lambda f: _garbage_with_matching_hash(f, "model.onnx"),
-                              r"model\.onnx: ONNX Runtime cannot load it"),
+    "unreadable model.pt": (
+        lambda f: _garbage_with_matching_hash(f, "model.pt"),
+        r"model\.pt: not a readable state dict",
+    ),
+    "unreadable model.onnx": (
+        lambda f: _garbage_with_matching_hash(f, "model.onnx"),
+        r"model\.onnx: ONNX Runtime cannot load it",
+    ),
     "zero temperature": (lambda f: _edit_json(f, temperature=0), r"bundle\.json: temperature must be"),
     "wrong class count": (lambda f: _edit_json(f, class_names=["a", "b"]), r"model\.pt: weights do not fit"),
     "unknown arch": (lambda f: _edit_json(f, arch="resnet9000"), r"bundle\.json: cannot build 'resnet9000'"),

@@ -61,8 +61,9 @@ def test_backends_agree_on_tensors(bundle: Path, batch: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_temperature_two_flattens_the_probabilities(tmp_path: Path, bundle: Path, model: Classifier,
-                                                    batch: torch.Tensor, backend: str) -> None:
+def test_temperature_two_flattens_the_probabilities(
+    tmp_path: Path, bundle: Path, model: Classifier, batch: torch.Tensor, backend: str
+) -> None:
     hot = write_tiny(tmp_path / "bundle", model, temperature=2.0)
     sharp = load_bundle(bundle, backend=backend).predict_tensor(batch)
     flat = load_bundle(hot, backend=backend).predict_tensor(batch)

@@ -34,8 +34,9 @@ class Probabilities(nn.Module):
     ``model.onnx`` contains, so ONNX Runtime, Triton or KServe clients get probabilities directly.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, temperature: float = 1.0,
-                 output: str = "softmax") -> None:
+    def __init__(
+        self, model: nn.Module, num_classes: int, temperature: float = 1.0, output: str = "softmax"
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -118,8 +119,9 @@ class Predictor:
             for path, row in zip(paths, probs, strict=True)
         ]
 
-    def explain(self, image: ImageInput, target: str | int | None = None, method: str = "gradcam",
-                **options: Any) -> Any:
+    def explain(
+        self, image: ImageInput, target: str | int | None = None, method: str = "gradcam", **options: Any
+    ) -> Any:
         """Grad-CAM for one image: probabilities, heatmap at the original resolution, overlay and panel."""
         from covid_cxr.explain.cam import explain  # lazy: explain imports this module
 

@@ -104,7 +104,10 @@ def test_radiography_v1_matches_misspelled_sheet_names(tmp_path: Path):
         ("COVID-19(9)", "sheet row has no image"),
     }
     assert result.counts == {
-        "sheet_rows": 8, "rows_without_image": 1, "images_without_row": 1, "images": 8,
+        "sheet_rows": 8,
+        "rows_without_image": 1,
+        "images_without_row": 1,
+        "images": 8,
     }
 
 
@@ -158,24 +161,33 @@ def test_name_key_repairs_radiography_spellings(sheet_name: str, file_name: str)
 def test_ieee8023_with_filename_column_views_and_label_map(tmp_path: Path):
     for name in ("a.jpg", "b.png", "c.jpg", "d.jpg", "orphan.jpg"):
         png(tmp_path / "images" / name)
-    pd.DataFrame({
-        "patientid": ["1", "1", "2", "3", "4", "5"],
-        "finding": ["COVID-19", "Pneumonia/Viral", "", "No Finding", "COVID-19", "COVID-19"],
-        "view": ["PA", "AP Supine", "PA", "L", "PA", "PA"],
-        "filename": ["a.jpg", "b.png", "c.jpg", "d.jpg", "gone.jpg", ""],
-    }).to_csv(tmp_path / "metadata.csv", index=False)
+    pd.DataFrame(
+        {
+            "patientid": ["1", "1", "2", "3", "4", "5"],
+            "finding": ["COVID-19", "Pneumonia/Viral", "", "No Finding", "COVID-19", "COVID-19"],
+            "view": ["PA", "AP Supine", "PA", "L", "PA", "PA"],
+            "filename": ["a.jpg", "b.png", "c.jpg", "d.jpg", "gone.jpg", ""],
+        }
+    ).to_csv(tmp_path / "metadata.csv", index=False)
 
     assert detect_reader(tmp_path) == "ieee8023"
     label_map = {"No Finding": "Normal", "Pneumonia/Viral": "viral"}
     result = read_source(tmp_path, views=["PA", "AP"], label_map=label_map)
     m = result.manifest
     assert dict(zip(m["path"].map(lambda p: Path(p).name), m["label"], strict=True)) == {
-        "a.jpg": "COVID-19", "b.png": "viral",
+        "a.jpg": "COVID-19",
+        "b.png": "viral",
     }
     assert m["view"].tolist() == ["PA", "AP Supine"] and m["patient_id"].tolist() == ["1", "1"]
     assert result.counts == {
-        "rows_total": 6, "images_found": 4, "labeled": 5, "unlabeled": 1, "label_excluded": 0,
-        "view_excluded": 1, "patients": 5, "images": 2,
+        "rows_total": 6,
+        "images_found": 4,
+        "labeled": 5,
+        "unlabeled": 1,
+        "label_excluded": 0,
+        "view_excluded": 1,
+        "patients": 5,
+        "images": 2,
     }
     assert problems_of(result) == {
         "gone.jpg": "metadata row's image file is missing",
@@ -229,7 +241,10 @@ def test_kermany_splits_patients_and_pneumonia_types(tmp_path: Path):
 
     plain = read_source(tmp_path)
     assert plain.manifest.groupby(["split", "label"]).size().to_dict() == {
-        ("test", "pneumonia"): 2, ("train", "NORMAL"): 2, ("train", "PNEUMONIA"): 2, ("val", "normal"): 1,
+        ("test", "pneumonia"): 2,
+        ("train", "NORMAL"): 2,
+        ("train", "PNEUMONIA"): 2,
+        ("val", "normal"): 1,
     }
     assert not plain.problems
     typed = read_source(tmp_path, pneumonia_types=True)
@@ -246,8 +261,12 @@ def test_kermany_acceptance_with_pneumonia_types(shared_data: Path):
     m = read_source(shared_data / "kermany-224", pneumonia_types=True).manifest
     counts = m.groupby(["label", "split"]).size().to_dict()
     assert counts == {
-        ("NORMAL", "train"): 300, ("NORMAL", "test"): 60, ("viral", "train"): 150, ("viral", "test"): 24,
-        ("bacterial", "train"): 150, ("bacterial", "test"): 36,
+        ("NORMAL", "train"): 300,
+        ("NORMAL", "test"): 60,
+        ("viral", "train"): 150,
+        ("viral", "test"): 24,
+        ("bacterial", "train"): 150,
+        ("bacterial", "test"): 36,
     }
 
 
@@ -266,14 +285,16 @@ def test_csv_manifest_keeps_extras_resolves_paths_and_reports_missing(tmp_path: 
     png(tmp_path / "img" / "b.png")
     png(tmp_path / "masks" / "a_lung.png")
     elsewhere = png(tmp_path.parent / f"{tmp_path.name}_abs" / "c.png")
-    pd.DataFrame({
-        "path": ["img/a.png", "img/b.png", str(elsewhere), "img/gone.png", "img/a.png"],
-        "label": ["COVID", "normal", "normal", "COVID", ""],
-        "patient_id": ["p1", "p1", "", "p3", "p1"],
-        "split": ["train", "test", "", "", ""],
-        "lung_mask": ["masks/a_lung.png", "masks/none.png", "", "", ""],
-        "note": ["x", "", "", "", ""],
-    }).to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": ["img/a.png", "img/b.png", str(elsewhere), "img/gone.png", "img/a.png"],
+            "label": ["COVID", "normal", "normal", "COVID", ""],
+            "patient_id": ["p1", "p1", "", "p3", "p1"],
+            "split": ["train", "test", "", "", ""],
+            "lung_mask": ["masks/a_lung.png", "masks/none.png", "", "", ""],
+            "note": ["x", "", "", "", ""],
+        }
+    ).to_csv(tmp_path / "manifest.csv", index=False)
 
     assert detect_reader(tmp_path) == "csv" and detect_reader(tmp_path / "manifest.csv") == "csv"
     result = read_source(tmp_path)
@@ -283,8 +304,10 @@ def test_csv_manifest_keeps_extras_resolves_paths_and_reports_missing(tmp_path: 
     assert m.loc["c.png", "path"] == str(elsewhere) and m.loc["c.png", "patient_id"] == "c"
     assert m.loc["a.png", "lung_mask"] == str(tmp_path / "masks" / "a_lung.png")
     assert m.loc["a.png", "note"] == "x" and m.loc["b.png", "split"] == "test"
-    assert problems_of(result) == {"gone.png": "file named in manifest.csv line 5 not found",
-                                   "none.png": f"lung_mask of {tmp_path / 'img' / 'b.png'} not found"}
+    assert problems_of(result) == {
+        "gone.png": "file named in manifest.csv line 5 not found",
+        "none.png": f"lung_mask of {tmp_path / 'img' / 'b.png'} not found",
+    }
     assert result.counts == {"rows_total": 5, "unlabeled": 1, "missing_files": 1, "images": 3}
 
 
@@ -332,4 +355,3 @@ def test_unknown_reader_or_option_names_the_valid_ones(tmp_path: Path):
         read_source(tmp_path, reader="folder", views=["PA"])
     assert reader_options("ieee8023") == ["label_map", "views", "source"]
     assert set(READERS) == {"folder", "radiography", "ieee8023", "kermany", "csv"}
-

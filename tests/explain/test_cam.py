@@ -223,7 +223,11 @@ def test_letterboxed_input_maps_back_to_the_original() -> None:
         prepared = prepare(np.full((height, width), 255, np.uint8), spec)[:, :, 0]
         rows_lit, cols_lit = np.nonzero(prepared)
         assert (rows_lit.min(), cols_lit.min(), rows_lit.max() + 1, cols_lit.max() + 1) == (
-            top, left, top + rows, left + cols)
+            top,
+            left,
+            top + rows,
+            left + cols,
+        )
     subject = CamModel(zoo_subject("convnet").model, spec, CLASSES)
     assert explain(subject, original_image((40, 100, 3))).heatmap.shape == (40, 100)
 
@@ -261,8 +265,14 @@ def test_explain_batch_writes_panels_and_skips_broken_files(
     cv2.imwrite(str(other), original_image((30, 40)))
     with caplog.at_level(logging.WARNING):
         written = explain_batch(convnet_subject(), [folder, other], tmp_path / "out", method="gradcam++")
-    assert [p.name for p in written] == ["a_panel.png", "a_overlay.png", "b_panel.png", "b_overlay.png",
-                                         "a-2_panel.png", "a-2_overlay.png"]
+    assert [p.name for p in written] == [
+        "a_panel.png",
+        "a_overlay.png",
+        "b_panel.png",
+        "b_overlay.png",
+        "a-2_panel.png",
+        "a-2_overlay.png",
+    ]
     assert decode_bytes((tmp_path / "out" / "a_panel.png").read_bytes()).shape == (50, 210, 3)
     assert decode_bytes((tmp_path / "out" / "a-2_overlay.png").read_bytes()).shape == (30, 40, 3)
     assert "broken.png" in caplog.text

@@ -126,6 +126,8 @@ def test_the_demo_model_points_at_the_lesions_with_the_default_layer(demo_like: 
     assert default["images"] == 20  # the normal phantoms have no lesion
     assert default["energy_ratio"] >= 2.0, default  # measured 3.0-3.4 on three test sets
     assert default["energy_ratio"] > 1.5 * declared["energy_ratio"], (default, declared)  # declared: 1.4
-    road = {layer: faithfulness(demo_like, images[:9], targets=labels[:9], layer=layer, percentiles=(20, 80))
-            for layer in (None, "backbone.head")}
+    road = {
+        layer: faithfulness(demo_like, images[:9], targets=labels[:9], layer=layer, percentiles=(20, 80))
+        for layer in (None, "backbone.head")
+    }
     assert road[None] > 0.1 and road[None] > road["backbone.head"], road  # measured 0.20-0.21 vs 0.00-0.05

@@ -82,8 +82,9 @@ def test_explanation_quality_aggregates_per_image_scores() -> None:
     subject = random_convnet()
     images, masks, labels = phantoms(4, seed=1)
     normal, normal_mask, _ = render_phantom("normal", np.random.default_rng(9), SIZE)
-    result = explanation_quality(subject, [*images, normal], [*masks, normal_mask], targets=[*labels, 0],
-                                 tolerance_px=2)
+    result = explanation_quality(
+        subject, [*images, normal], [*masks, normal_mask], targets=[*labels, 0], tolerance_px=2
+    )
     heats = [compute_heatmap(subject, im, "gradcam", t)[2] for im, t in zip(images, labels, strict=True)]
     energy = np.mean([energy_in_mask(h, m) for h, m in zip(heats, masks, strict=True)])
     share = np.mean([m.mean() for m in masks])
@@ -148,8 +149,12 @@ def trained() -> tuple[Predictor, tuple[list, list, list[int]]]:
     spec = Preprocess(size=SIZE, channels=1, normalize="unit")
     train_images, _, train_labels = phantoms(240, seed=0)
     model = train_phantom_cnn(train_images, train_labels, spec)
-    info = {"class_names": LESION_CLASSES, "preprocess": spec.model_dump(mode="json"), "temperature": 1.0,
-            "head": {"output": "softmax"}}
+    info = {
+        "class_names": LESION_CLASSES,
+        "preprocess": spec.model_dump(mode="json"),
+        "temperature": 1.0,
+        "head": {"output": "softmax"},
+    }
     return Predictor(model, info, backend="torch"), phantoms(60, seed=1)
 
 

@@ -58,8 +58,13 @@ def read_source(source: str | Path, /, reader: str = "auto", **options: object) 
     if not Path(source).expanduser().exists():
         raise DataError(f"data source not found: {source}")
     result = READERS[name](source, **options)
-    log.info("read %d images from %s with the %s reader (%d problems)",
-             len(result.manifest), source, name, len(result.problems))
+    log.info(
+        "read %d images from %s with the %s reader (%d problems)",
+        len(result.manifest),
+        source,
+        name,
+        len(result.problems),
+    )
     return result
 
 

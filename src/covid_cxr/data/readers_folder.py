@@ -34,9 +34,7 @@ def read_folder(root: str | Path, *, source: str | None = None) -> ReadResult:
     return finish(root, rows, problems, counts, source or root.name)
 
 
-def read_kermany(
-    root: str | Path, *, pneumonia_types: bool = False, source: str | None = None
-) -> ReadResult:
+def read_kermany(root: str | Path, *, pneumonia_types: bool = False, source: str | None = None) -> ReadResult:
     """Kermany layout train|val|test/NORMAL|PNEUMONIA: the folder gives the split, the name the patient.
 
     With pneumonia_types, PNEUMONIA becomes 'viral' or 'bacterial' from '_virus_'/'_bacteria_'.

@@ -74,7 +74,8 @@ def is_radiography(root: Path) -> bool:
 def _sheet_paths(root: Path) -> list[Path]:
     """The '<class>.metadata.xlsx' files at the root (Excel lock files excluded)."""
     return sorted(
-        p for p in root.iterdir()
+        p
+        for p in root.iterdir()
         if p.is_file() and p.name.lower().endswith(SHEET_SUFFIX) and not p.name.startswith(("~$", "."))
     )
 

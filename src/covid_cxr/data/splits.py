@@ -195,8 +195,11 @@ def _repair_given_leaks(split: np.ndarray, grp: np.ndarray) -> np.ndarray:
         moved += int(shared.sum())
         split[shared] = target
     if moved:
-        log.warning("the source's own split shared patients or files across splits: moved %d rows so that "
-                    "no patient or duplicate is in two splits", moved)
+        log.warning(
+            "the source's own split shared patients or files across splits: moved %d rows so that "
+            "no patient or duplicate is in two splits",
+            moved,
+        )
     return split
 
 

@@ -122,8 +122,15 @@ class CamModel:
     def from_predictor(cls, predictor: Predictor) -> CamModel:
         """The CAM view of a Predictor: its torch model, spec, classes, bundle target layer and lock."""
         info = predictor.info
-        return cls(predictor.model, predictor.preprocess, list(predictor.classes), info["head"]["output"],
-                   float(info["temperature"]), info.get("target_layer"), predictor.lock)
+        return cls(
+            predictor.model,
+            predictor.preprocess,
+            list(predictor.classes),
+            info["head"]["output"],
+            float(info["temperature"]),
+            info.get("target_layer"),
+            predictor.lock,
+        )
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,15 @@ def explain(
     original = to_rgb(image)
     colored = colorize(heat, colormap)
     overlay = blend(original, colored, alpha)
-    return Explanation(probabilities, target_class, method, layer_name, heat, overlay,
-                       compose_panel(original, colored, overlay))
+    return Explanation(
+        probabilities,
+        target_class,
+        method,
+        layer_name,
+        heat,
+        overlay,
+        compose_panel(original, colored, overlay),
+    )
 
 
 def explain_batch(
@@ -200,8 +214,13 @@ def explain_batch(
         for suffix, data in (("panel", result.panel_png()), ("overlay", result.overlay_png())):
             atomic_write_bytes(out / f"{stem}_{suffix}.png", data)
             written.append(out / f"{stem}_{suffix}.png")
-        log.debug("%s: %s of %s (p=%.3f)", path, method, result.target_class,
-                 result.probabilities[result.target_class])
+        log.debug(
+            "%s: %s of %s (p=%.3f)",
+            path,
+            method,
+            result.target_class,
+            result.probabilities[result.target_class],
+        )
     return written
 
 

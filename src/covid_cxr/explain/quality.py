@@ -79,8 +79,10 @@ def explanation_quality(
     ``targets``: the class to explain per image (e.g. the true label); None explains the predicted class.
     """
     if len(images) != len(masks) or (targets is not None and len(targets) != len(images)):
-        raise ValueError(f"got {len(images)} images, {len(masks)} masks and "
-                         f"{'no' if targets is None else len(targets)} targets; give one per image")
+        raise ValueError(
+            f"got {len(images)} images, {len(masks)} masks and "
+            f"{'no' if targets is None else len(targets)} targets; give one per image"
+        )
     subject = as_cam_model(model)
     energy, share, hits = [], [], []
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
@@ -128,8 +130,17 @@ def faithfulness(
     scores = []
     for start in range(0, len(images), _CHUNK):
         chunk = [preprocess(image, subject.spec) for image in images[start : start + _CHUNK]]
-        scores.append(_road(subject, torch.stack(chunk), wanted[start : start + _CHUNK], method, layer,
-                            percentiles, seed + start))
+        scores.append(
+            _road(
+                subject,
+                torch.stack(chunk),
+                wanted[start : start + _CHUNK],
+                method,
+                layer,
+                percentiles,
+                seed + start,
+            )
+        )
     return float(np.mean(np.concatenate(scores)))
 
 
