@@ -13,6 +13,7 @@ from scipy.stats import chi2_contingency
 from covid_cxr.data.synthetic import burn_marker
 from covid_cxr.evaluation.evaluate import evaluate_run
 from covid_cxr.evaluation.shortcuts import (
+    BORDER_AUC_DROP,
     LUNGS_HIDDEN_AUC,
     border_crop_check,
     central_lung_mask,
@@ -138,18 +139,16 @@ def test_a_marker_shortcut_is_flagged(marker_run: Path) -> None:
     hidden = checks["lungs_hidden"]
     assert hidden["lung_masks"]["fixed_ellipses"] == 0 and hidden["lung_masks"]["manifest"] > 0
     assert hidden["flag"] and "'normal'" in hidden["verdict"]
-    assert hidden["auc_hidden"]["normal"] >= 0.9
+    assert hidden["auc_hidden"]["normal"] >= LUNGS_HIDDEN_AUC
     assert hidden["verdict"] in checks["flags"]
 
 
 @pytest.mark.slow
-def test_phantoms_without_the_marker_are_not_flagged_by_the_lungs_hidden_check(clean_run: Path) -> None:
-    """The lungs-hidden check clears a model without a shortcut. The border crop may still flag it: it
-    zooms by 1.25 and this model never saw a zoom (over 6 seeds, clean models lost up to 0.22 AUC)."""
+def test_phantoms_without_the_marker_are_not_flagged(clean_run: Path) -> None:
     result = evaluate_run(clean_run, bootstrap=0)
     assert result["metrics"]["headline"]["accuracy"] >= 0.9
     checks = result["shortcuts"]
-    hidden, border = checks["lungs_hidden"], checks["border_crop"]
-    assert not hidden["flag"] and max(hidden["auc_hidden"].values()) < LUNGS_HIDDEN_AUC
+    assert checks["flags"] == []
+    assert max(checks["lungs_hidden"]["auc_hidden"].values()) < LUNGS_HIDDEN_AUC
+    assert max(checks["border_crop"]["auc_drop"].values()) < BORDER_AUC_DROP
     assert checks["confounding"]["verdict"].startswith("OK")
-    assert checks["flags"] == ([border["verdict"]] if border["flag"] else [])
