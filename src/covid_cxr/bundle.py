@@ -68,7 +68,9 @@ def write_bundle(
         if export_onnx:
             save_onnx(probs, preprocess, tmp / MODEL_ONNX)
             files[MODEL_ONNX] = sha256_file(tmp / MODEL_ONNX)
-        info = _bundle_info(model, config, classes, preprocess, metrics, data_fingerprint, temperature, files)
+        info = _bundle_info(
+            cpu_model, config, classes, preprocess, metrics, data_fingerprint, temperature, files
+        )
         (tmp / BUNDLE_JSON).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n", encoding="utf-8")
         atomic_replace_dir(tmp, final)
     except BaseException:
@@ -96,7 +98,7 @@ def load_bundle(path: str | Path, backend: Backend = "auto", threads: int = 0) -
 
 
 def _bundle_info(
-    model: nn.Module,
+    cpu_model: nn.Module,
     config: RunConfig,
     classes: list[str],
     preprocess: Preprocess,
@@ -105,7 +107,7 @@ def _bundle_info(
     temperature: float,
     files: dict[str, str],
 ) -> dict[str, Any]:
-    """The bundle.json content."""
+    """The bundle.json content; the CAM layer is probed on the bundle's own uncompiled CPU copy."""
     return {
         "format_version": FORMAT_VERSION,
         "intended_use": INTENDED_USE,
@@ -116,7 +118,7 @@ def _bundle_info(
         "arch": config.model.arch,
         "head": config.model.head.model_dump(),
         "preprocess": preprocess.model_dump(mode="json"),
-        "target_layer": _cam_layer(model, preprocess.size),
+        "target_layer": _cam_layer(cpu_model, preprocess.size),
         "temperature": float(temperature),
         "metrics": metrics,
         "data_fingerprint": data_fingerprint,

@@ -183,6 +183,7 @@ def _config(preset: str | None, config: Path | None, overrides: list[str] | None
     return load_config(preset, config, overrides or [])
 
 
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="dataset folder or CSV manifest")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="preset name (covid-cxr presets)")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")]
 SetOpt = Annotated[
@@ -192,7 +193,7 @@ SetOpt = Annotated[
 
 @app.command("train")
 def train(
-    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder or CSV manifest")],
+    data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -227,7 +228,7 @@ def train(
 
 @app.command("lr-find")
 def lr_find(
-    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder or CSV manifest")],
+    data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for lr_find.png")],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
