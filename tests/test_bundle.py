@@ -234,7 +234,7 @@ CORRUPTIONS = {
     "garbage bundle.json": (lambda f: _write_json(f, "{not json"), r"bundle\.json: not valid JSON"),
     "json array": (lambda f: _write_json(f, "[1, 2]"), r"bundle\.json: expected a JSON object"),
     "format 99": (lambda f: _edit_json(f, format_version="99"), r"bundle\.json: unknown format_version '99'"),
-    "no class names": (lambda f: _drop_key(f, "class_names"), r"bundle\.json: missing keys class_names"),
+    "no class names": (lambda f: _drop_key(f, "class_names"), r"bundle\.json: missing key class_names"),
     "tampered model.pt": (lambda f: _flip_byte(f, "model.pt"), r"model\.pt: sha256 mismatch"),
     "tampered model.onnx": (lambda f: _flip_byte(f, "model.onnx"), r"model\.onnx: sha256 mismatch"),
     "unreadable model.pt": (
@@ -245,10 +245,16 @@ CORRUPTIONS = {
         lambda f: _garbage_with_matching_hash(f, "model.onnx"),
         r"model\.onnx: ONNX Runtime cannot load it",
     ),
-    "zero temperature": (lambda f: _edit_json(f, temperature=0), r"bundle\.json: temperature must be"),
+    "zero temperature": (
+        lambda f: _edit_json(f, temperature=0),
+        r"bundle\.json: temperature: Input should be greater than 0",
+    ),
     "wrong class count": (lambda f: _edit_json(f, class_names=["a", "b"]), r"model\.pt: weights do not fit"),
     "unknown arch": (lambda f: _edit_json(f, arch="resnet9000"), r"bundle\.json: cannot build 'resnet9000'"),
-    "bad head": (lambda f: _edit_json(f, head={"pooling": "max"}), r"bundle\.json: invalid head"),
+    "bad head": (
+        lambda f: _edit_json(f, head={"pooling": "max"}),
+        r"bundle\.json: head\.pooling: Input should be",
+    ),
 }
 
 

@@ -7,7 +7,6 @@ The temperature is baked into the ONNX graph, so any ONNX runtime serves calibra
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import shutil
@@ -19,10 +18,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from covid_cxr import __version__
+from covid_cxr.bundle_info import (
+    BUNDLE_JSON,
+    FORMAT_VERSION,
+    INTENDED_USE,
+    MODEL_ONNX,
+    MODEL_PT,
+    BundleInfo,
+    Calibration,
+    RunRef,
+    read_bundle_info,
+    write_bundle_info,
+)
 from covid_cxr.config import HeadConfig, RunConfig
 from covid_cxr.data.manifest import sha256_file
 from covid_cxr.data.spec import Preprocess
@@ -33,15 +43,22 @@ from covid_cxr.predictor import Backend, Predictor, Probabilities
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
-BUNDLE_JSON = "bundle.json"
-MODEL_PT = "model.pt"
-MODEL_ONNX = "model.onnx"
+__all__ = [
+    "BUNDLE_JSON",
+    "FORMAT_VERSION",
+    "INTENDED_USE",
+    "MODEL_ONNX",
+    "MODEL_PT",
+    "BundleInfo",
+    "load_bundle",
+    "retemper_bundle",
+    "save_onnx",
+    "write_bundle",
+]
+
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
-INTENDED_USE = "research only, not for diagnosis"
 _ONNX_IO = {"input": "input", "output": "probabilities", "opset": ONNX_OPSET}
-_REQUIRED_KEYS = ("format_version", "class_names", "arch", "head", "preprocess", "temperature", "files")
 
 
 def write_bundle(
@@ -54,24 +71,63 @@ def write_bundle(
     data_fingerprint: str,
     temperature: float = 1.0,
     export_onnx: bool = True,
+    calibration: Calibration | None = None,
+    training_data: list[dict] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle folder `out_dir` (replacing an older one atomically) and return its path."""
-    final = Path(out_dir)
+    info = BundleInfo(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        covid_cxr_version=__version__,
+        run=RunRef(name=config.name, seed_ref=config.seed_ref),
+        class_names=list(classes),
+        arch=config.model.arch,
+        head=config.model.head,
+        preprocess=preprocess,
+        temperature=float(temperature),
+        calibration=calibration,
+        metrics=metrics,
+        data_fingerprint=data_fingerprint,
+        training_data=training_data or [],
+        files={MODEL_PT: ""},
+        **(extra or {}),
+    )
+    return _write_folder(Path(out_dir), model, info, export_onnx)
+
+
+def retemper_bundle(folder: str | Path, temperature: float, calibration: Calibration | None) -> BundleInfo:
+    """Rewrite a bundle with another temperature (bundle.json and the ONNX graph, which bakes T in)."""
+    predictor = load_bundle(folder, backend="torch")
+    info = predictor.bundle_info.model_copy(
+        update={"temperature": float(temperature), "calibration": calibration}
+    )
+    model = predictor.model.to(memory_format=torch.contiguous_format)
+    _write_folder(Path(folder), model, info, info.has_onnx)
+    return read_bundle_info(folder)
+
+
+def _write_folder(final: Path, model: nn.Module, info: BundleInfo, export_onnx: bool) -> Path:
+    """model.pt (+ model.onnx) and bundle.json into a temporary folder, then renamed over `final`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
-        cpu_model = _build(final, config.model.arch, config.model.head, len(classes), preprocess)
-        _load_state(cpu_model, model.state_dict(), f"{final}: the model given for {config.model.arch!r}")
-        probs = Probabilities(cpu_model, len(classes), temperature, config.model.head.output).eval()
+        n = len(info.class_names)
+        cpu_model = _build(final, info.arch, info.head, n, info.preprocess)
+        _load_state(cpu_model, model.state_dict(), f"{final}: the model given for {info.arch!r}")
+        probs = Probabilities(cpu_model, n, info.temperature, info.head.output).eval()
         torch.save(cpu_model.state_dict(), tmp / MODEL_PT)
         files = {MODEL_PT: sha256_file(tmp / MODEL_PT)}
         if export_onnx:
-            save_onnx(probs, preprocess, tmp / MODEL_ONNX)
+            save_onnx(probs, info.preprocess, tmp / MODEL_ONNX)
             files[MODEL_ONNX] = sha256_file(tmp / MODEL_ONNX)
-        info = _bundle_info(
-            cpu_model, config, classes, preprocess, metrics, data_fingerprint, temperature, files
+        info = info.model_copy(
+            update={
+                "files": files,
+                "onnx": dict(_ONNX_IO) if export_onnx else None,
+                "target_layer": _cam_layer(cpu_model, info.preprocess.size),
+            }
         )
-        (tmp / BUNDLE_JSON).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        write_bundle_info(tmp, info)
         atomic_replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,42 +145,12 @@ def load_bundle(path: str | Path, backend: Backend = "auto", threads: int = 0) -
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"{folder}: bundle folder not found")
-    info = _read_info(folder / BUNDLE_JSON)
-    for name, digest in info["files"].items():
+    info = read_bundle_info(folder)
+    for name, digest in info.files.items():
         _check_file(folder / name, digest)
     model = _rebuild_model(folder, info)
-    onnx_path = folder / MODEL_ONNX if MODEL_ONNX in info["files"] else None
+    onnx_path = folder / MODEL_ONNX if info.has_onnx else None
     return Predictor(model, info, onnx_path=onnx_path, backend=backend, threads=threads)
-
-
-def _bundle_info(
-    cpu_model: nn.Module,
-    config: RunConfig,
-    classes: list[str],
-    preprocess: Preprocess,
-    metrics: dict,
-    data_fingerprint: str,
-    temperature: float,
-    files: dict[str, str],
-) -> dict[str, Any]:
-    """The bundle.json content; the CAM layer is probed on the bundle's own uncompiled CPU copy."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "intended_use": INTENDED_USE,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "covid_cxr_version": __version__,
-        "run": {"name": config.name, "seed_ref": config.seed_ref},
-        "class_names": list(classes),
-        "arch": config.model.arch,
-        "head": config.model.head.model_dump(),
-        "preprocess": preprocess.model_dump(mode="json"),
-        "target_layer": _cam_layer(cpu_model, preprocess.size),
-        "temperature": float(temperature),
-        "metrics": metrics,
-        "data_fingerprint": data_fingerprint,
-        "onnx": dict(_ONNX_IO) if MODEL_ONNX in files else None,
-        "files": files,
-    }
 
 
 def _cam_layer(model: nn.Module, size: int) -> str:
@@ -167,32 +193,6 @@ def _verify_onnx(probs: nn.Module, path: Path, batch: torch.Tensor) -> None:
         raise BundleError(f"{path}: ONNX export disagrees with PyTorch (max abs diff {diff:.2e})")
 
 
-def _read_info(path: Path) -> dict[str, Any]:
-    """Parse and check bundle.json."""
-    if not path.is_file():
-        raise BundleError(f"{path}: missing")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise BundleError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: unknown format_version {info.get('format_version')!r} "
-            f"(this covid-cxr {__version__} reads {FORMAT_VERSION!r})"
-        )
-    missing = [key for key in _REQUIRED_KEYS if key not in info]
-    if missing:
-        raise BundleError(f"{path}: missing keys {', '.join(missing)}")
-    if not isinstance(info["files"], dict) or MODEL_PT not in info["files"]:
-        raise BundleError(f"{path}: 'files' must map {MODEL_PT} (and {MODEL_ONNX}) to their sha256")
-    temperature = info["temperature"]
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
-        raise BundleError(f"{path}: temperature must be a number > 0, got {temperature!r}")
-    return info
-
-
 def _check_file(path: Path, digest: str) -> None:
     """Raise BundleError when a listed file is absent or its SHA-256 differs from bundle.json."""
     if not path.is_file():
@@ -202,14 +202,9 @@ def _check_file(path: Path, digest: str) -> None:
         raise BundleError(f"{path}: sha256 mismatch (file {actual[:12]}..., {BUNDLE_JSON} {digest[:12]}...)")
 
 
-def _rebuild_model(folder: Path, info: dict[str, Any]) -> nn.Module:
+def _rebuild_model(folder: Path, info: BundleInfo) -> nn.Module:
     """Build the architecture from bundle.json and load model.pt into it."""
-    try:
-        head = HeadConfig.model_validate(info["head"])
-        spec = Preprocess.model_validate(info["preprocess"])
-    except ValidationError as exc:
-        raise BundleError(f"{folder / BUNDLE_JSON}: invalid head or preprocess spec ({exc})") from None
-    model = _build(folder / BUNDLE_JSON, info["arch"], head, len(info["class_names"]), spec)
+    model = _build(folder / BUNDLE_JSON, info.arch, info.head, len(info.class_names), info.preprocess)
     try:
         state = torch.load(folder / MODEL_PT, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, pickle.UnpicklingError) as exc:
@@ -234,12 +229,3 @@ def _load_state(model: nn.Module, state: Any, what: str) -> None:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise BundleError(f"{what}: weights do not fit the architecture ({exc})") from None
-
-
-def _jsonable(value: Any) -> Any:
-    """json.dumps fallback for numpy scalars and arrays and paths in the metrics summary."""
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"bundle metrics: {type(value).__name__} is not JSON serialisable")

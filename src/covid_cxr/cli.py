@@ -194,11 +194,18 @@ SetOpt = Annotated[
 @app.command("train")
 def train(
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")],
+    out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME (NAME is the run's name)")],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="continue from checkpoints/last.ckpt")] = False,
+    reader: ReaderOpt = "auto",
+    option: OptionOpt = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue the run in --out from checkpoints/last.ckpt")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace the run already in --out (its checkpoints, evaluations, bundle)")
+    ] = False,
     folds: Annotated[Optional[int], typer.Option(help="k-fold cross-validation")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Lightning devices, e.g. 1, 4 or auto")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp")] = None,
@@ -208,6 +215,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model and write the run folder (config, manifest, checks, checkpoints, metrics, bundle)."""
+    from covid_cxr.evaluation.calibrate import describe
     from covid_cxr.training.train import train_run
 
     extra = [
@@ -217,13 +225,32 @@ def train(
     ]
     if compile_model:
         extra.append("train.compile=true")
-    cfg = _config(preset, config, [*(overrides or []), *extra])
-    result = train_run(cfg, data, out, resume=resume, folds=folds)
+    data_overrides = [f"data.reader={reader}"] if reader != "auto" else []
+    data_overrides += [f"data.reader_options.{k}={json.dumps(v)}" for k, v in parse_options(option).items()]
+    named = [] if any(o.startswith("name=") for o in overrides or []) else [f"name={out.resolve().name}"]
+    cfg = _config(preset, config, [*named, *data_overrides, *(overrides or []), *extra])
+    result = train_run(cfg, data, out, resume=resume, folds=folds, overwrite=overwrite)
     console.print(f"run folder: {result.out}")
     if result.metrics:
         console.print("test metrics: " + json.dumps(result.metrics, default=str))
     if result.bundle:
+        from covid_cxr.bundle_info import read_bundle_info
+
+        info = read_bundle_info(result.bundle)
+        console.print(describe(info.calibration, info.temperature))
         console.print(f"bundle: {result.bundle}")
+
+
+@app.command("calibrate")
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
+    reset: Annotated[bool, typer.Option(help="put the temperature back to 1 (undo the calibration)")] = False,
+) -> None:
+    """Fit the bundle's temperature on the validation split; kept only if it lowers the validation NLL."""
+    from covid_cxr.evaluation.calibrate import calibrate_run, describe
+
+    info = calibrate_run(run, reset=reset)
+    console.print(describe(info.calibration, info.temperature))
 
 
 @app.command("lr-find")
@@ -305,7 +332,8 @@ def _test_split_images(run: Path) -> list[Path]:
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
     data: Annotated[
-        Optional[Path], typer.Option("--data", "-d", help="another dataset (classes matched by name)")
+        Optional[list[Path]],
+        typer.Option("--data", "-d", help="another dataset (repeatable; classes matched by name)"),
     ] = None,
     reader: ReaderOpt = "auto",
     option: OptionOpt = None,
@@ -316,26 +344,27 @@ def evaluate(
         ),
     ] = True,
     bootstrap: Annotated[
-        int, typer.Option(help="bootstrap resamples for the 95 % intervals (0 = none)")
+        int, typer.Option(help="bootstrap resamples for the AUC and ECE intervals (0 = none)")
     ] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
 ) -> None:
-    """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or another dataset)."""
+    """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or other datasets)."""
     from covid_cxr.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(
-        run,
-        data,
-        reader=reader,
-        reader_options=parse_options(option),
-        shortcut_checks=shortcut_checks,
-        bootstrap=bootstrap,
-        seed=seed,
-    )
-    _print_evaluation(result)
+    for dataset in data or [None]:
+        result = evaluate_run(
+            run,
+            dataset,
+            reader=reader,
+            reader_options=parse_options(option),
+            shortcut_checks=shortcut_checks,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+        _print_evaluation(result)
     if report:
-        _write_report(run, None if data is None else Path(result["output_dir"]))
+        _write_report(run)
 
 
 def _print_evaluation(result: dict) -> None:
@@ -366,38 +395,50 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _write_report(
-    run: Path, evaluation: Path | None = None, out: Path | None = None, gallery: int = 2
-) -> None:
+def _write_report(run: Path, out: Path | None = None) -> None:
     """Build report.html for a run and print its path."""
-    from covid_cxr.evaluation.report import build_report
+    from covid_cxr.report import build_report
 
-    console.print(f"report: {build_report(run, out, gallery_per_class=gallery, evaluation_dir=evaluation)}")
+    console.print(f"report: {build_report(run, out)}")
 
 
 @app.command("report")
 def report(
     run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default RUN/report.html)")] = None,
-    gallery_per_class: Annotated[int, typer.Option(help="Grad-CAM examples per class and outcome")] = 2,
-    evaluation: Annotated[
-        Optional[Path], typer.Option(help="evaluation folder (default RUN/evaluation)")
-    ] = None,
 ) -> None:
-    """Write the self-contained report.html of a run (evaluate it first for the evaluation sections)."""
-    _write_report(run, evaluation, out, gallery_per_class)
+    """Write the run's one self-contained report.html, with every evaluation the run folder holds."""
+    _write_report(run, out)
 
 
 @app.command("compare")
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="evaluated run folders")],
+    dataset: Annotated[
+        str, typer.Option(help="compare the evaluations on this dataset ('test' = each run's test split)")
+    ] = "test",
+    strict: Annotated[bool, typer.Option(help="refuse runs tested on different images")] = False,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="also write the table as CSV")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="print seed 000's Markdown table")] = False,
 ) -> None:
-    """Seed 000's comparison table (Category, Model, Precision, Recall, F1, Accuracy) across runs."""
-    from covid_cxr.evaluation.compare import compare_runs, to_csv, to_markdown
+    """Seed 000's comparison table across runs, with test set, n and intervals; flags different test sets."""
+    from rich.table import Table
 
-    frame = compare_runs(runs)
-    typer.echo(to_markdown(frame))
+    from covid_cxr.evaluation.compare import compare_runs, describe_test_sets, to_csv, to_markdown
+
+    comparison = compare_runs(runs, dataset=dataset, strict=strict)
+    frame = comparison.table
+    if markdown:
+        typer.echo(to_markdown(frame))
+    else:
+        table = Table(title=f"Runs compared on '{dataset}'")
+        for column in frame.columns:
+            table.add_column(column, justify="right" if frame[column].dtype.kind in "fi" else "left")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(f"{v:.2f}" if isinstance(v, float) else escape(str(v)) for v in row))
+        console.print(table)
+    style = "green" if comparison.same_test_set else "bold red"
+    console.print(f"[{style}]{escape(describe_test_sets(comparison))}[/]")
     if csv:
         console.print(f"wrote {to_csv(frame, csv)}")
 

@@ -132,6 +132,9 @@ class TrainConfig(_Strict):
     cache_features: bool = Field(
         True, description="frozen backbone and no augmentation: train the head on cached features"
     )
+    calibrate: bool = Field(
+        True, description="fit a temperature on the validation split after training, kept if it lowers NLL"
+    )
 
 
 class RunConfig(_Strict):

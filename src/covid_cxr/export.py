@@ -23,10 +23,11 @@ import numpy as np
 import onnx as onnxlib
 import torch
 
-from covid_cxr.bundle import BUNDLE_JSON, INTENDED_USE, MODEL_ONNX, ONNX_TOLERANCE, load_bundle, save_onnx
+from covid_cxr.bundle import ONNX_TOLERANCE, load_bundle, save_onnx
+from covid_cxr.bundle_info import BUNDLE_JSON, INTENDED_USE, MODEL_ONNX, BundleInfo, write_bundle_info
 from covid_cxr.data.manifest import sha256_file
 from covid_cxr.errors import BundleError
-from covid_cxr.io import atomic_replace_dir, atomic_write_text
+from covid_cxr.io import atomic_replace_dir
 from covid_cxr.predictor import Predictor, Probabilities
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def resolve_bundle(path: str | Path) -> Path:
 
 def ensure_onnx(bundle: Path, predictor: Predictor) -> bool:
     """Export model.onnx into the bundle and record it in bundle.json when it is missing; True if exported."""
-    info = dict(predictor.info)
-    if MODEL_ONNX in info["files"] and (bundle / MODEL_ONNX).is_file():
+    info = predictor.bundle_info
+    if info.has_onnx and (bundle / MODEL_ONNX).is_file():
         return False
     tmp = bundle / f".{MODEL_ONNX}.tmp"
     try:
@@ -97,9 +98,9 @@ def ensure_onnx(bundle: Path, predictor: Predictor) -> bool:
         tmp.replace(bundle / MODEL_ONNX)
     finally:
         tmp.unlink(missing_ok=True)
-    info["files"] = {**info["files"], MODEL_ONNX: sha256_file(bundle / MODEL_ONNX)}
-    info["onnx"] = {"input": "input", "output": "probabilities", "opset": _opset(bundle / MODEL_ONNX)}
-    atomic_write_text(bundle / BUNDLE_JSON, json.dumps(info, indent=2) + "\n")
+    files = {**info.files, MODEL_ONNX: sha256_file(bundle / MODEL_ONNX)}
+    onnx = {"input": "input", "output": "probabilities", "opset": _opset(bundle / MODEL_ONNX)}
+    write_bundle_info(bundle, info.model_copy(update={"files": files, "onnx": onnx}))
     log.info("%s: exported and added to %s", bundle / MODEL_ONNX, BUNDLE_JSON)
     return True
 
@@ -135,7 +136,7 @@ def write_triton_repository(
     max_batch_size: int = TRITON_MAX_BATCH,
 ) -> Path:
     """Write (atomically replace) ``triton_dir/<name>`` with config.pbtxt, labels.txt and 1/model.onnx."""
-    name = name or model_name(predictor.info)
+    name = name or predictor.bundle_info.name
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise BundleError(f"Triton model name {name!r}: use letters, digits, '_', '.', '-' only")
     if max_batch_size < 1:
@@ -182,10 +183,9 @@ def triton_config(name: str, onnx_path: Path, predictor: Predictor, max_batch_si
     return "\n".join(lines) + "\n"
 
 
-def model_name(info: dict[str, Any]) -> str:
+def model_name(info: BundleInfo) -> str:
     """The run name from bundle.json made safe for URLs and folder names, or 'covid_cxr'."""
-    run = info.get("run") or {}
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(run.get("name") or "")).strip("_.") or "covid_cxr"
+    return info.name
 
 
 def _dims(value: onnxlib.ValueInfoProto, path: Path) -> str:
@@ -203,10 +203,8 @@ def _quote(text: str) -> str:
 
 def _probabilities(predictor: Predictor) -> Probabilities:
     """The predictor's torch model wrapped exactly as model.onnx is: probabilities with temperature."""
-    info = predictor.info
-    return Probabilities(
-        predictor.model, len(predictor.classes), info["temperature"], info["head"]["output"]
-    ).eval()
+    info = predictor.bundle_info
+    return Probabilities(predictor.model, len(predictor.classes), info.temperature, info.head.output).eval()
 
 
 def _opset(path: Path) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covid_cxr.bundle_info import BundleInfo
 from covid_cxr.data.images import decode_bytes, load_image
 from covid_cxr.data.preprocess import normalize, prepare
 from covid_cxr.data.spec import Preprocess
@@ -67,17 +68,18 @@ class Predictor:
     def __init__(
         self,
         model: nn.Module,
-        info: dict[str, Any],
+        info: BundleInfo,
         onnx_path: Path | None = None,
         backend: Backend = "auto",
         threads: int = 0,
     ) -> None:
-        self.info = info
-        self.classes: list[str] = list(info["class_names"])
-        self.preprocess = Preprocess.model_validate(info["preprocess"])
+        self.bundle_info = info
+        self.info: dict[str, Any] = info.model_dump(mode="json")  # bundle.json as a plain dict
+        self.classes: list[str] = list(info.class_names)
+        self.preprocess: Preprocess = info.preprocess
         self.model = model.eval()
         self._probabilities = Probabilities(
-            model, len(self.classes), info["temperature"], info["head"]["output"]
+            model, len(self.classes), info.temperature, info.head.output
         ).eval()
         self.lock = threading.Lock()
         self._session = _onnx_session(onnx_path, backend, threads)

@@ -86,7 +86,7 @@ def test_metrics_agree_with_the_predictions_and_the_bundle(evaluated: tuple[Path
         == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
     )
     assert result["metrics"]["headline"]["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    # the rewritten bundle loads (sha checks pass) and serves the same calibrated probabilities via ONNX
+    # the bundle serves the same calibrated probabilities via ONNX
     predictor = load_bundle(run / "bundle")
     assert predictor.backend == "onnx"
     assert predictor.info["temperature"] == pytest.approx(result["temperature"]["value"])
@@ -94,16 +94,26 @@ def test_metrics_agree_with_the_predictions_and_the_bundle(evaluated: tuple[Path
     assert probs == pytest.approx(preds[[f"p_{c}" for c in classes]].to_numpy(), abs=1e-4)
 
 
-def test_temperature_is_fitted_on_validation_and_reported(evaluated: tuple[Path, dict]) -> None:
+def test_evaluate_never_changes_the_bundle(tiny_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    images = load_manifest(run / "manifest.csv")["path"].tolist()[:12]
+    before = load_bundle(run / "bundle").predict(images)
+    files = {p.name: p.read_bytes() for p in (run / "bundle").iterdir()}
+    result = evaluate_run(run, bootstrap=0, shortcut_checks=False, gallery_per_class=0)
+    assert {p.name: p.read_bytes() for p in (run / "bundle").iterdir()} == files
+    assert load_bundle(run / "bundle").predict(images) == pytest.approx(before, abs=1e-7)
+    assert result["temperature"]["value"] == load_bundle(run / "bundle").info["temperature"]
+
+
+def test_the_calibration_record_of_the_bundle_is_reported(evaluated: tuple[Path, dict]) -> None:
     run, result = evaluated
-    temperature = result["temperature"]
     manifest = load_manifest(run / "manifest.csv")
-    assert temperature["fitted"] and temperature["n_val"] == (manifest["split"] == "val").sum()
-    assert temperature["val_nll_after"] <= temperature["val_nll_before"]
+    record = result["temperature"]["calibration"]
+    assert record["n_val"] == (manifest["split"] == "val").sum()
+    assert record == load_bundle(run / "bundle").info["calibration"]
     calibration = result["calibration"]
-    assert calibration["temperature"] == temperature["value"]
+    assert calibration["temperature"] == result["temperature"]["value"]
     assert sum(b["count"] for b in calibration["reliability_after"]) == result["metrics"]["n"]
-    assert load_bundle(run / "bundle").info["metrics"]["calibration"]["value"] == temperature["value"]
 
 
 def test_intervals_bracket_the_point_estimates(evaluated: tuple[Path, dict]) -> None:

@@ -1,11 +1,14 @@
 """Evaluate a run on its test split or another dataset: intervals, calibration, shortcut checks, figures.
 
-Writes ``run_dir/evaluation/`` (or ``evaluation-<dataset name>/`` for another dataset): ``metrics.json``,
-``predictions.csv`` and the figures of :mod:`covid_cxr.evaluation.plots`.
+Writes ``run_dir/evaluation/`` (or ``evaluation-<dataset name>/`` for another dataset, see
+:class:`covid_cxr.run_dir.RunDir`): ``metrics.json``, ``predictions.csv``, the figures of
+:mod:`covid_cxr.evaluation.plots` and the Grad-CAM gallery (``gallery.json``, ``gallery/``).
+The bundle is only read: its temperature is fitted by :mod:`covid_cxr.evaluation.calibrate`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -16,24 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from covid_cxr.bundle import MODEL_ONNX, load_bundle, write_bundle
-from covid_cxr.config import RunConfig
+from covid_cxr.bundle import load_bundle
 from covid_cxr.data.images import load_image
 from covid_cxr.data.manifest import load_manifest
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.data.readers import read_source
 from covid_cxr.errors import DataError, ImageError
-from covid_cxr.evaluation import calibration
 from covid_cxr.evaluation.bootstrap import bootstrap_ci, headline_metric_fns
 from covid_cxr.evaluation.calibration import (
-    T_BOUNDS,
     apply_temperature,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_bins,
 )
+from covid_cxr.evaluation.gallery import write_gallery
 from covid_cxr.evaluation.metrics import classification_summary, headline
 from covid_cxr.evaluation.plots import write_figures
 from covid_cxr.evaluation.shortcuts import (
@@ -46,12 +46,11 @@ from covid_cxr.evaluation.shortcuts import (
 )
 from covid_cxr.io import atomic_write_text
 from covid_cxr.predictor import Predictor
+from covid_cxr.run_dir import METRICS_JSON, PREDICTIONS_CSV, TEST, RunDir, dataset_slug
 
 log = logging.getLogger(__name__)
 
 N_BINS = 15
-METRICS_JSON = "metrics.json"
-PREDICTIONS_CSV = "predictions.csv"
 VARIANTS = ("full", "lungs_hidden", "border_crop")
 # Spellings of one class across datasets, compared after lower-casing and turning _ - / into spaces.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -84,46 +83,49 @@ def evaluate_run(
     shortcut_checks: bool = True,
     bootstrap: int = 1000,
     seed: int = 0,
-    fit_temperature: bool = True,
     batch_size: int = 32,
     explanation_images: int = 24,
+    gallery_per_class: int = 2,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
 
-    With `fit_temperature` the temperature is fitted on the run's validation split and stored in the
-    bundle (which is rewritten, so model.onnx serves calibrated probabilities too). `bootstrap` is the
-    number of resamples for the 95 % intervals (0 = none). `explanation_images` test images (0 = none)
-    get the Grad-CAM quality scores: lesion energy share and pointing game where the data has lesion
-    masks (phantoms), ROAD faithfulness on any data.
+    The bundle is never changed: probabilities use its stored temperature (see ``covid-cxr calibrate``).
+    `bootstrap` is the number of resamples for the intervals that need one (0 = none).
+    `explanation_images` test images (0 = none) get the Grad-CAM quality scores: lesion energy share
+    and pointing game where the data has lesion masks (phantoms), ROAD faithfulness on any data.
+    `gallery_per_class` right and wrong predictions per class get a Grad-CAM overlay in the gallery.
     """
-    run = Path(run_dir)
-    predictor = load_bundle(run / "bundle", backend="torch")
-    classes, output = predictor.classes, predictor.info["head"]["output"]
+    run = RunDir(run_dir).require(RunDir(run_dir).manifest, RunDir(run_dir).bundle)
+    predictor = load_bundle(run.bundle, backend="torch")
+    info = predictor.bundle_info
+    classes, output = predictor.classes, info.head.output
     run_manifest = _run_manifest(run)
-    temperature = _temperature(run, predictor, run_manifest, batch_size, fit_temperature)
     name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {})
     preds = predict_logits(predictor, manifest, shortcut_checks, batch_size)
     if not preds.rows:
         raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
     evaluated = manifest.iloc[preds.rows].reset_index(drop=True)
     y = evaluated["_y"].to_numpy()
-    probs = apply_temperature(preds.array("full"), temperature["value"], output)
+    probs = apply_temperature(preds.array("full"), info.temperature, output)
     raw = {v: apply_temperature(preds.array(v), 1.0, output) for v in preds.logits}  # shortcut checks: T = 1
     dataset.update(
         n_evaluated=len(evaluated),
+        fingerprint=image_list_fingerprint(evaluated),
         unreadable=preds.unreadable,
         sources={str(k): int(v) for k, v in evaluated["source"].value_counts().items()},
+        classes={str(k): int(v) for k, v in evaluated["label"].astype(str).value_counts().items()},
     )
-    out = run / ("evaluation" if data is None else f"evaluation-{name}")
+    out = run.evaluation(name)
+    calibration = info.calibration.model_dump() if info.calibration else None
     result = {
-        "run": str(run),
-        "model": {"arch": predictor.info["arch"], "run_name": predictor.info["run"]["name"]},
+        "run": str(run.root),
+        "model": {"arch": info.arch, "run_name": info.run.name},
         "output_dir": str(out),
         "dataset": dataset,
-        "temperature": temperature,
+        "temperature": {"value": info.temperature, "calibration": calibration},
         "metrics": classification_summary(y, probs, classes),
         "intervals": _intervals(y, probs, classes, bootstrap, seed),
-        "calibration": _calibration(y, raw["full"], probs, temperature["value"]),
+        "calibration": _calibration(y, raw["full"], probs, info.temperature),
         "per_source": _per_source(evaluated, y, probs, classes),
         "shortcuts": None,
     }
@@ -131,17 +133,33 @@ def evaluate_run(
     if shortcut_checks:
         result["shortcuts"] = _shortcuts(run_manifest, evaluated, preds.mask_sources, raw, y, classes, data)
     result["figures"] = write_figures(result["metrics"], result["calibration"], out, f"{run.name} / {name}")
+    result["gallery"] = write_gallery(predictor, evaluated, probs, out, gallery_per_class)
     _write_predictions(out / PREDICTIONS_CSV, evaluated, probs, raw, classes)
     atomic_write_text(out / METRICS_JSON, json.dumps(result, indent=2) + "\n")
     log.info(
         "evaluated %s on %s: accuracy %.3f (%d images) -> %s",
-        run,
+        run.root,
         name,
         result["metrics"]["headline"]["accuracy"],
         len(evaluated),
         out,
     )
     return result
+
+
+def image_list_fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 over the sorted file hashes of the evaluated images: equal iff the same images were used."""
+    digests = sorted(frame["sha256"].astype(str)) if "sha256" in frame else sorted(frame["path"].astype(str))
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def labelled_split(run: RunDir, classes: list[str], split: str) -> pd.DataFrame:
+    """The rows of one split of the run's manifest, with the model's class index in `_y`."""
+    manifest = _run_manifest(run)
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise DataError(f"{run.manifest}: the run has no {split!r} split")
+    return _labelled(rows, classes)[0]
 
 
 def match_classes(model_classes: Sequence[str], labels: Sequence[str]) -> dict[str, int]:
@@ -220,14 +238,11 @@ def _flush(predictor: Predictor, pending: dict[str, list[torch.Tensor]], preds: 
             tensors.clear()
 
 
-def _run_manifest(run: Path) -> pd.DataFrame:
+def _run_manifest(run: RunDir) -> pd.DataFrame:
     """The run's manifest.csv with splits; DataError naming the file when missing."""
-    path = run / "manifest.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; is {run} a run folder written by covid-cxr train?")
-    manifest = load_manifest(path)
+    manifest = load_manifest(run.require().manifest)
     if "split" not in manifest:
-        raise DataError(f"{path}: no 'split' column")
+        raise DataError(f"{run.manifest}: no 'split' column")
     return manifest
 
 
@@ -240,8 +255,8 @@ def _dataset(
         if test.empty:
             raise DataError("the run has no test split; evaluate it on another dataset (data=...)")
         frame, mapping = _labelled(test, classes)
-        info = {"name": "test", "source": "the run's test split", "n_images": len(test)}
-        return "test", frame, {**info, "class_matching": mapping, "excluded": {}, "reader_problems": 0}
+        info = {"name": TEST, "source": "the run's test split", "n_images": len(test), "external": False}
+        return TEST, frame, {**info, "class_matching": mapping, "excluded": {}, "reader_problems": 0}
     result = read_source(data, reader=reader, **options)
     frame, mapping = _labelled(result.manifest, classes)
     labels = result.manifest["label"].astype(str)
@@ -250,10 +265,12 @@ def _dataset(
         log.info("left out images of classes the model does not know: %s", excluded)
     path = Path(data)
     stem = path.stem if path.is_file() else path.resolve().name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "data"
+    name = dataset_slug(stem)
+    name = f"{name}-data" if name == TEST else name
     info = {
         "name": name,
-        "source": str(data),
+        "external": True,
+        "source": str(path.resolve()),
         "n_images": len(result.manifest),
         "class_matching": mapping,
         "excluded": excluded,
@@ -269,65 +286,6 @@ def _labelled(manifest: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame,
     kept = manifest[labels.isin(mapping)].reset_index(drop=True)
     kept["_y"] = kept["label"].astype(str).map(mapping).astype(int)
     return kept, {label: classes[k] for label, k in mapping.items()}
-
-
-def _temperature(
-    run: Path, predictor: Predictor, run_manifest: pd.DataFrame, batch_size: int, fit: bool
-) -> dict:
-    """With `fit`, fit T on the run's validation split and store it in the bundle; the temperature used."""
-    current = float(predictor.info["temperature"])
-    val = run_manifest[run_manifest["split"] == "val"]
-    if not fit or val.empty:
-        reason = "the run has no validation split" if fit else "not asked to fit"
-        return {"value": current, "fitted": False, "reason": reason}
-    frame, _ = _labelled(val, predictor.classes)
-    preds = predict_logits(predictor, frame, False, batch_size)
-    if not preds.rows:
-        return {"value": current, "fitted": False, "reason": "no validation image could be decoded"}
-    logits, y = preds.array("full"), frame["_y"].to_numpy()[preds.rows]
-    output = predictor.info["head"]["output"]
-    value = calibration.fit_temperature(logits, y, output)
-    if not T_BOUNDS[0] * 1.05 < value < T_BOUNDS[1] / 1.05:
-        log.warning("temperature fit on %s ran to its bound (T = %.3f): keeping %.3f", run, value, current)
-        return {
-            "value": current,
-            "fitted": False,
-            "n_val": len(y),
-            "fit_at_bound": value,
-            "reason": f"the validation NLL has no minimum inside T = {T_BOUNDS[0]}..{T_BOUNDS[1]} (a "
-            "small or perfectly separated validation split); the temperature was left unchanged",
-        }
-    info = {
-        "value": value,
-        "fitted": True,
-        "fitted_on": "val",
-        "n_val": len(y),
-        "val_nll_before": negative_log_likelihood(y, apply_temperature(logits, 1.0, output)),
-        "val_nll_after": negative_log_likelihood(y, apply_temperature(logits, value, output)),
-    }
-    if not np.isclose(value, current, rtol=1e-6):
-        _store_temperature(run, predictor, value, info)
-    return info
-
-
-def _store_temperature(run: Path, predictor: Predictor, temperature: float, fit: dict) -> None:
-    """Rewrite the bundle with the new temperature (bundle.json and the ONNX graph, which bakes T in)."""
-    cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
-    info = predictor.info
-    metrics = {**info.get("metrics", {}), "calibration": fit}
-    model = predictor.model.to(memory_format=torch.contiguous_format)
-    write_bundle(
-        run / "bundle",
-        model,
-        cfg,
-        predictor.classes,
-        predictor.preprocess,
-        metrics,
-        info["data_fingerprint"],
-        temperature=temperature,
-        export_onnx=MODEL_ONNX in info["files"],
-    )
-    log.info("stored temperature %.4f in %s", temperature, run / "bundle")
 
 
 def _intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int, seed: int) -> dict:

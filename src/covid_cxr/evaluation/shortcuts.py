@@ -161,8 +161,9 @@ def _confounding_verdict(v: float | None, table: pd.DataFrame, largest: dict) ->
     if table.shape[1] == 1:
         return _verdict(
             False,
-            f"OK: every image comes from one source ({table.columns[0]}), so labels cannot "
-            "be confounded with the source (that source's own biases remain)",
+            f"SKIP: every image has the one source {table.columns[0]!r}, so label x source confounding "
+            "cannot be measured here; a source column does not show how a collection was assembled "
+            "(see the acquisition-cue check of the data checks)",
         )
     if v is None:
         return _verdict(False, "SKIP: only one class, label x source confounding is undefined")

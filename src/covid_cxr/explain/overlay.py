@@ -72,3 +72,12 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise DataError(f"OpenCV could not encode a {rgb.shape} {rgb.dtype} image as PNG")
     return buf.tobytes()
+
+
+def thumbnail(rgb: np.ndarray, longest: int = 256) -> np.ndarray:
+    """The image shrunk so its longest side is at most `longest` pixels (never enlarged)."""
+    scale = longest / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

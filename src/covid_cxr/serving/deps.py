@@ -33,7 +33,7 @@ class ServerState:
         runner = make_runner(
             predictor.predict_tensor, settings.batching, settings.max_batch, settings.max_wait_ms / 1000
         )
-        return cls(settings, predictor, settings.model_name or model_name(predictor.info), runner)
+        return cls(settings, predictor, settings.model_name or model_name(predictor.bundle_info), runner)
 
 
 def get_state(request: Request) -> ServerState:

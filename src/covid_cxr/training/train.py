@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +42,7 @@ from covid_cxr.errors import ConfigError, DataError
 from covid_cxr.io import atomic_write_text
 from covid_cxr.models.module import CxrModule
 from covid_cxr.models.zoo import build_from_config
+from covid_cxr.run_dir import RunDir, RunError
 from covid_cxr.training.callbacks import AtomicCheckpointIO, EpochMetricsCsv
 from covid_cxr.training.curves import plot_curves
 from covid_cxr.training.features import backbone_features, feature_device, use_cached_features
@@ -50,7 +50,6 @@ from covid_cxr.training.presets import dump_config
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 BEST, LAST = "best", "last"
 
 
@@ -86,13 +85,21 @@ def train_run(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     callbacks: Sequence[L.Callback] = (),
+    overwrite: bool = False,
 ) -> RunResult:
     """Train `cfg` on `data` (default cfg.data.source) into run folder `out` (default runs/<name>).
 
     `resume` continues from checkpoints/last.ckpt (and the run's saved manifest.csv); `folds` runs
     k-fold cross-validation over train+val, each fold in out/fold-<i>/, summarised in cv_metrics.json.
+    A folder that already holds a run is refused (RunError) unless `resume` or `overwrite` is given;
+    `overwrite` first removes what covid-cxr wrote there. config.yaml records the data source.
     """
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    _claim(RunDir(run_dir), resume, overwrite)
+    if data is not None:
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"source": str(Path(data).resolve())})}
+        )
     manifest = _saved_manifest(run_dir) if resume else None
     if manifest is None:
         manifest = prepare_manifest(cfg, data, run_dir)
@@ -108,9 +115,10 @@ def prepare_manifest(cfg: RunConfig, data: str | Path | None, out: Path) -> pd.D
         raise ConfigError("no training data: pass a data source or set data.source in the config")
     result = read_source(source, reader=cfg.data.reader, **cfg.data.reader_options)
     report = run_checks(result.manifest, result.problems)
-    save_report(report, out / "checks.json")
+    checks = RunDir(out).checks
+    save_report(report, checks)
     if not report.usable:
-        raise DataError(f"{source}: cannot train: {report.unusable_reason} (see {out / 'checks.json'})")
+        raise DataError(f"{source}: cannot train: {report.unusable_reason} (see {checks})")
     manifest = usable_manifest(result.manifest, report)
     manifest = select_classes(manifest.assign(_dup=duplicate_group_ids(manifest, report)), cfg.data.classes)
     if cfg.data.balance == "undersample":
@@ -153,21 +161,24 @@ def fit_split(
     cache_dir: str | Path | None = None,
     callbacks: Sequence[L.Callback] = (),
 ) -> RunResult:
-    """Train on a split manifest, test the best checkpoint and write the run folder and bundle."""
-    if not resume:
-        _clear_outputs(out)
+    """Train on a split manifest, test the best checkpoint, write the run folder and bundle, calibrate."""
     checkpoint = _resume_checkpoint(out) if resume else None
     stage = build_stage(cfg, manifest, cache_dir)
     _write_inputs(stage.cfg, manifest, out)
     trainer = make_trainer(stage.cfg, out, progress, callbacks)
     trainer.fit(stage.module, datamodule=stage.datamodule, ckpt_path=checkpoint)
-    best = out / CHECKPOINTS / f"{BEST}.ckpt"
+    run = RunDir(out)
+    best = run.best_checkpoint
     metrics = evaluate_best(trainer, stage, best)
     if not trainer.is_global_zero:
         return RunResult(out, metrics, best)
-    atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_curves(out / "metrics.csv", out / "curves.png", title=stage.cfg.name)
-    bundle = _write_bundle(stage, manifest, metrics, out / "bundle")
+    atomic_write_text(run.test_metrics, json.dumps(metrics, indent=2) + "\n")
+    plot_curves(run.metrics_csv, run.curves, title=stage.cfg.name)
+    bundle = _write_bundle(stage, manifest, metrics, run.bundle)
+    if stage.cfg.train.calibrate and len(stage.datamodule.splits["val"]):
+        from covid_cxr.evaluation.calibrate import calibrate_run
+
+        calibrate_run(out)
     log.info("run %s: test accuracy %s", out, metrics.get("test_accuracy"))
     return RunResult(out, metrics, best, bundle)
 
@@ -250,9 +261,9 @@ def make_trainer(cfg: RunConfig, out: Path, progress: bool, extra: Sequence[L.Ca
 
 def run_callbacks(cfg: RunConfig, out: Path, progress: bool) -> list[L.Callback]:
     """metrics.csv, best/last checkpoints, LR monitor, optional early stopping and rich progress bar."""
-    folder, ck = out / CHECKPOINTS, cfg.train.checkpoint
+    folder, ck = RunDir(out).checkpoints, cfg.train.checkpoint
     callbacks: list[L.Callback] = [
-        EpochMetricsCsv(out / "metrics.csv"),
+        EpochMetricsCsv(RunDir(out).metrics_csv),
         ModelCheckpoint(
             dirpath=folder,
             filename=BEST,
@@ -278,7 +289,7 @@ def evaluate_best(trainer: L.Trainer, stage: Stage, best: Path) -> dict:
     """Load the best checkpoint into the module; its validation and test loss and accuracy."""
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     stage.module.load_state_dict(state)
-    metrics = {"checkpoint": f"{CHECKPOINTS}/{best.name}", "epochs": trainer.current_epoch}
+    metrics = {"checkpoint": f"{best.parent.name}/{best.name}", "epochs": trainer.current_epoch}
     metrics.update(trainer.validate(stage.module, datamodule=stage.datamodule, verbose=False)[0])
     metrics["n_val"] = len(stage.datamodule.splits["val"])
     if stage.has_test:
@@ -298,14 +309,14 @@ def cross_validate(
     callbacks: Sequence[L.Callback] = (),
 ) -> RunResult:
     """k-fold over train+val (test kept aside): one run per fold in out/fold-<i>/, and cv_metrics.json."""
-    save_manifest(manifest, out / "manifest.csv")
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    save_manifest(manifest, RunDir(out).manifest)
+    atomic_write_text(RunDir(out).config, dump_config(cfg))
     runs = [
-        fit_split(cfg, fold, out / f"fold-{i}", resume, progress, cache_dir, callbacks)
+        fit_split(cfg, fold, RunDir(out).fold(i).root, resume, progress, cache_dir, callbacks)
         for i, fold in enumerate(fold_manifests(manifest, k, cfg), start=1)
     ]
     summary = cv_summary([{"fold": i, **r.metrics} for i, r in enumerate(runs, start=1)])
-    atomic_write_text(out / "cv_metrics.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(RunDir(out).cv_metrics, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, summary, folds=runs)
 
 
@@ -349,8 +360,32 @@ def _write_bundle(stage: Stage, manifest: pd.DataFrame, metrics: dict, folder: P
     """The full model as the run's bundle (a head trained on cached features is `stage.model.head` itself)."""
     model = stage.model.to(memory_format=torch.contiguous_format).cpu().eval()
     return write_bundle(
-        folder, model, stage.cfg, stage.classes, stage.cfg.preprocess, metrics, data_fingerprint(manifest)
+        folder,
+        model,
+        stage.cfg,
+        stage.classes,
+        stage.cfg.preprocess,
+        metrics,
+        data_fingerprint(manifest),
+        training_data=training_data(stage.cfg, manifest),
     )
+
+
+def training_data(cfg: RunConfig, manifest: pd.DataFrame) -> list[dict]:
+    """What trained the model (bundle.json): the source, its reader and options, images per split/class."""
+    counts = manifest.groupby(["split", "label"]).size()
+    per_split = {
+        split: {str(k): int(v) for k, v in counts[split].items()} for split in counts.index.levels[0]
+    }
+    return [
+        {
+            "path": cfg.data.source,
+            "reader": cfg.data.reader,
+            "options": dict(cfg.data.reader_options),
+            "sources": sorted(manifest["source"].astype(str).unique().tolist()),
+            "images": per_split,
+        }
+    ]
 
 
 def _class_weights(
@@ -366,13 +401,13 @@ def _class_weights(
 
 def _write_inputs(cfg: RunConfig, manifest: pd.DataFrame, out: Path) -> None:
     """config.yaml (resolved) and manifest.csv (with splits)."""
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
-    save_manifest(manifest, out / "manifest.csv")
+    atomic_write_text(RunDir(out).config, dump_config(cfg))
+    save_manifest(manifest, RunDir(out).manifest)
 
 
 def _saved_manifest(out: Path) -> pd.DataFrame | None:
     """The split manifest of the run being resumed, so it trains on exactly the same splits."""
-    path = out / "manifest.csv"
+    path = RunDir(out).manifest
     if not path.is_file():
         log.warning("no %s to resume from: reading the source again", path)
         return None
@@ -381,7 +416,7 @@ def _saved_manifest(out: Path) -> pd.DataFrame | None:
 
 def _resume_checkpoint(out: Path) -> str | None:
     """checkpoints/last.ckpt, or None (with a warning) when the run never finished an epoch."""
-    last = out / CHECKPOINTS / f"{LAST}.ckpt"
+    last = RunDir(out).last_checkpoint
     if last.is_file():
         log.info("resuming from %s", last)
         return str(last)
@@ -389,8 +424,15 @@ def _resume_checkpoint(out: Path) -> str | None:
     return None
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove the checkpoints, logs and metrics an earlier run of this folder left."""
-    for name in (CHECKPOINTS, "logs"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    (out / "metrics.csv").unlink(missing_ok=True)
+def _claim(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds a run unless asked to resume or overwrite it; clear it for overwrite."""
+    existing = run.holds_run()
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise RunError(
+            f"{run.root} already holds a run ({', '.join(existing)}): continue it with --resume, "
+            "replace it with --overwrite, or choose another --out"
+        )
+    log.warning("--overwrite: removing the earlier run in %s", run.root)
+    run.clear()

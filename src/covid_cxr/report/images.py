@@ -6,9 +6,6 @@ import base64
 import logging
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from covid_cxr.evaluation.plots import FIGURES
 
 log = logging.getLogger(__name__)
@@ -20,7 +17,6 @@ FIGURE_TITLES = {
     "pr": "Precision-recall curves",
     "reliability": "Reliability diagram",
 }
-THUMBNAIL = 256  # longest side of an embedded Grad-CAM overlay, pixels
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -51,12 +47,3 @@ def png_uri(path: Path) -> str | None:
 def data_uri(png: bytes) -> str:
     """PNG bytes as a base64 data URI."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """The image shrunk so its longest side is at most THUMBNAIL pixels (never enlarged)."""
-    scale = THUMBNAIL / max(rgb.shape[:2])
-    if scale >= 1:
-        return rgb
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

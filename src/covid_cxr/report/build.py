@@ -20,20 +20,19 @@ from typing import Any
 import jinja2
 
 from covid_cxr import __version__
-from covid_cxr.errors import ConfigError, DataError
-from covid_cxr.evaluation.report_card import model_card
-from covid_cxr.evaluation.report_checks import checks_section, splits_section
-from covid_cxr.evaluation.report_evaluation import at_a_glance, evaluation_section
-from covid_cxr.evaluation.report_format import missing
-from covid_cxr.evaluation.report_gallery import gallery_section
-from covid_cxr.evaluation.report_run import READ_ERRORS, RunFiles, read_run
-from covid_cxr.evaluation.report_shortcuts import shortcuts_section
-from covid_cxr.evaluation.report_training import config_section, training_section
 from covid_cxr.io import atomic_write_text
+from covid_cxr.report.card import model_card
+from covid_cxr.report.checks import checks_section, splits_section
+from covid_cxr.report.evaluation import at_a_glance, evaluation_section
+from covid_cxr.report.format import missing
+from covid_cxr.report.gallery import gallery_section
+from covid_cxr.report.run_files import READ_ERRORS, RunFiles, read_run
+from covid_cxr.report.shortcuts import shortcuts_section
+from covid_cxr.report.training import config_section, training_section
+from covid_cxr.run_dir import RunDir, RunError
 
 __all__ = [
     "NOTICE",
-    "REPORT_HTML",
     "SECTIONS",
     "RunFiles",
     "build_report",
@@ -45,43 +44,34 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOTICE = "Research use only — not for diagnosis"
-REPORT_HTML = "report.html"
 SECTIONS = {  # section id -> heading, in page order
     "config": "Configuration",
     "checks": "Data checks",
     "splits": "Splits and leakage",
     "training": "Training",
-    "evaluation": "Evaluation",
+    "evaluation": "Evaluations",
     "gallery": "Grad-CAM gallery",
     "shortcuts": "Shortcut checks",
     "model_card": "Model card",
 }
 
 
-def build_report(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    gallery_per_class: int = 2,
-    evaluation_dir: str | Path | None = None,
-) -> Path:
-    """Write the run's self-contained report (default ``run_dir/report.html``) atomically; return its path.
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's one self-contained report (default ``run_dir/report.html``) atomically; its path.
 
-    `evaluation_dir` defaults to ``run_dir/evaluation``; `gallery_per_class` is how many right and how
-    many wrong predictions of each class the Grad-CAM gallery shows (0 = no gallery).
+    The page holds every evaluation the run folder has (its test split and each external dataset).
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise DataError(f"{run}: run folder not found")
-    if gallery_per_class < 0:
-        raise ConfigError(f"gallery_per_class must be >= 0, got {gallery_per_class}")
-    files = read_run(run, Path(evaluation_dir) if evaluation_dir is not None else run / "evaluation")
-    target = Path(out) if out is not None else run / REPORT_HTML
-    atomic_write_text(target, render(report_context(files, gallery_per_class)))
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise RunError(f"{run.root}: run not found")
+    files = read_run(run.root)
+    target = Path(out) if out is not None else run.report
+    atomic_write_text(target, render(report_context(files)))
     log.info("wrote report %s", target)
     return target
 
 
-def report_context(files: RunFiles, gallery_per_class: int = 2) -> dict[str, Any]:
+def report_context(files: RunFiles) -> dict[str, Any]:
     """Everything the template shows: the header and one dict per section (``missing`` when not run)."""
     builders: dict[str, Callable[[], dict]] = {
         "config": lambda: config_section(files),
@@ -89,7 +79,7 @@ def report_context(files: RunFiles, gallery_per_class: int = 2) -> dict[str, Any
         "splits": lambda: splits_section(files),
         "training": lambda: training_section(files),
         "evaluation": lambda: evaluation_section(files),
-        "gallery": lambda: gallery_section(files, gallery_per_class),
+        "gallery": lambda: gallery_section(files),
         "shortcuts": lambda: shortcuts_section(files),
         "model_card": lambda: model_card(files),
     }
@@ -111,7 +101,7 @@ def report_context(files: RunFiles, gallery_per_class: int = 2) -> dict[str, Any
 def render(context: dict[str, Any]) -> str:
     """The report HTML from its context (jinja2, every value autoescaped)."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("covid_cxr.evaluation", "templates"),
+        loader=jinja2.PackageLoader("covid_cxr.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -1,10 +1,11 @@
-"""The shortcut-check section of the report: confounding, lungs hidden and border crop verdicts."""
+"""The shortcut-check section: confounding, lungs hidden and border crop, per evaluated dataset."""
 
 from __future__ import annotations
 
-from covid_cxr.evaluation.report_format import fmt, missing
-from covid_cxr.evaluation.report_run import RunFiles
 from covid_cxr.evaluation.shortcuts import label_source_confounding
+from covid_cxr.report.evaluation import column_label
+from covid_cxr.report.format import fmt, missing
+from covid_cxr.report.run_files import Evaluation, RunFiles
 
 SHORTCUT_TITLES = {
     "confounding": "Label × source confounding (training data)",
@@ -15,16 +16,31 @@ SHORTCUT_TITLES = {
 
 
 def shortcuts_section(files: RunFiles) -> dict:
-    """The evaluation's shortcut checks, or at least label × source confounding from the manifest."""
-    shortcuts = (files.metrics or {}).get("shortcuts")
-    if shortcuts is None:
+    """Each evaluation's checks (a check that was skipped says so), or confounding from the manifest alone."""
+    datasets = [_dataset(e) for e in files.evaluations]
+    if not datasets:
         if files.manifest is None:
             return missing("no evaluation with shortcut checks and no manifest.csv")
-        checks = {"confounding": label_source_confounding(files.manifest)}
+        checks = [_shortcut("confounding", label_source_confounding(files.manifest))]
         note = "the lungs-hidden and border-crop checks were not run (run `covid-cxr evaluate` on the run)"
-    else:
-        checks, note = {k: v for k, v in shortcuts.items() if k in SHORTCUT_TITLES}, ""
-    return {"checks": [_shortcut(key, check) for key, check in checks.items()], "note": note}
+        datasets = [{"title": "training data", "checks": checks, "note": note}]
+    return {"datasets": datasets}
+
+
+def _dataset(evaluation: Evaluation) -> dict:
+    """The checks of one evaluation, or a 'not run' note when it was evaluated without them."""
+    shortcuts = evaluation.metrics.get("shortcuts")
+    title = column_label(evaluation)
+    if shortcuts is None:
+        return {"title": title, "checks": [], "note": "not run for this dataset (--no-shortcut-checks)"}
+    checks = [_shortcut(k, v) for k, v in shortcuts.items() if k in SHORTCUT_TITLES]
+    masks = (shortcuts.get("lungs_hidden") or {}).get("lung_masks")
+    note = ""
+    if masks:
+        note = "lung masks used for 'lungs hidden': " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in masks.items()
+        )
+    return {"title": title, "checks": checks, "note": note}
 
 
 def _shortcut(key: str, check: dict) -> dict:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from covid_cxr.data.splits import SPLITS, leakage_report
-from covid_cxr.evaluation.report_format import fmt, missing, span
-from covid_cxr.evaluation.report_run import RunFiles
+from covid_cxr.report.format import fmt, missing, span
+from covid_cxr.report.run_files import RunFiles
 
 _LIMIT = 10  # rows shown of long listings
 

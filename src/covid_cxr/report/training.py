@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from covid_cxr.evaluation.report_format import fmt, missing
-from covid_cxr.evaluation.report_images import png_uri
-from covid_cxr.evaluation.report_run import RunFiles, read_json, read_optional
+from covid_cxr.report.format import fmt, missing
+from covid_cxr.report.images import png_uri
+from covid_cxr.report.run_files import RunFiles, read_json, read_optional
 from covid_cxr.training.lr_find import PLOT_NAME as LR_FIND_PNG
 
 
@@ -19,10 +19,10 @@ def config_section(files: RunFiles) -> dict:
 
 def training_section(files: RunFiles) -> dict:
     """Training curves, the LR finder plot, per-epoch metrics and the best checkpoint's scores."""
-    run = files.run
-    curves, lr_plot = png_uri(run / "curves.png"), png_uri(run / LR_FIND_PNG)
-    epochs = read_optional(files, run / "metrics.csv", pd.read_csv)
-    tested = read_optional(files, run / "test_metrics.json", read_json)
+    run = files.paths
+    curves, lr_plot = png_uri(run.curves), png_uri(run.root / LR_FIND_PNG)
+    epochs = read_optional(files, run.metrics_csv, pd.read_csv)
+    tested = read_optional(files, run.test_metrics, read_json)
     if curves is None and epochs is None and tested is None:
         return missing("no curves.png, metrics.csv or test_metrics.json in the run folder")
     return {

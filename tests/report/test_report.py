@@ -17,15 +17,11 @@ from PIL import Image
 
 from covid_cxr.config import RunConfig
 from covid_cxr.data.synthetic import synthesize
+from covid_cxr.evaluation.evaluate import evaluate_run
 from covid_cxr.evaluation.plots import FIGURES
-from covid_cxr.evaluation.report import NOTICE, SECTIONS, build_report
+from covid_cxr.report import NOTICE, SECTIONS, build_report
 from covid_cxr.training.train import train_run
 from tests.conftest import chromium_page
-
-try:
-    from covid_cxr.evaluation.evaluate import evaluate_run
-except ImportError:  # the evaluation is optional for the report
-    evaluate_run = None
 
 PER_CLASS = 2
 DATA_URI_IMG = '<img src="data:image/png;base64,'
@@ -48,23 +44,19 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     )
     train_run(cfg, root / "data", root / "run", progress=False, cache_dir=root / "cache")
-    if evaluate_run is not None:
-        evaluate_run(root / "run", bootstrap=200)
+    evaluate_run(root / "run", bootstrap=200, gallery_per_class=PER_CLASS)
     return root / "run"
 
 
 @pytest.fixture(scope="module")
 def report(run_dir: Path) -> tuple[Path, str]:
-    path = build_report(run_dir, gallery_per_class=PER_CLASS)
+    path = build_report(run_dir)
     return path, path.read_text(encoding="utf-8")
 
 
 @pytest.fixture
 def evaluated(run_dir: Path) -> dict:
-    path = run_dir / "evaluation" / "metrics.json"
-    if not path.is_file():
-        pytest.skip("covid_cxr.evaluation.evaluate is not available")
-    return json.loads(path.read_text())
+    return json.loads((run_dir / "evaluation" / "metrics.json").read_text())
 
 
 class _TagChecker(HTMLParser):
@@ -164,7 +156,7 @@ def test_numbers_match_the_run_files(report: tuple[Path, str], run_dir: Path, ev
     assert splits.count('badge-ok">OK<') == 3  # patients, identical files, duplicate groups
     head = evaluated["metrics"]["headline"]
     ci = evaluated["intervals"]["values"]["accuracy"]
-    assert f"{head['accuracy']:.3f} (95 % CI {ci['lower']:.3f}–{ci['upper']:.3f})" in html
+    assert f"accuracy {head['accuracy']:.3f} ({ci['lower']:.3f}–{ci['upper']:.3f})" in html
     cal = evaluated["calibration"]
     assert f"{cal['ece_before']:.3f} → {cal['ece_after']:.3f}" in _section(html, "evaluation")
     shortcuts = _section(html, "shortcuts")
@@ -174,18 +166,15 @@ def test_numbers_match_the_run_files(report: tuple[Path, str], run_dir: Path, ev
     assert "LR finder not run" in _section(html, "training")
 
 
-def test_without_evaluation_sections_say_not_run_and_the_gallery_predicts_the_test_split(
-    run_dir: Path, tmp_path: Path
-) -> None:
-    out = build_report(run_dir, tmp_path / "r.html", gallery_per_class=1, evaluation_dir=tmp_path / "none")
-    html = out.read_text(encoding="utf-8")
-    assert not (tmp_path / "none").exists()
+def test_without_evaluation_sections_say_not_run(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "unevaluated"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("evaluation*", "report.html"))
+    html = build_report(copy).read_text(encoding="utf-8")
     assert "Not run." in _section(html, "evaluation")
     assert "lungs-hidden and border-crop checks were not run" in _section(html, "shortcuts")
     assert "Label × source confounding (training data)" in _section(html, "shortcuts")
-    gallery = _section(html, "gallery")
-    assert "the run&#39;s test split" in gallery
-    assert 3 <= gallery.count(DATA_URI_IMG) <= 6  # one right and one wrong per class at most
+    assert "Not run." in _section(html, "gallery")
+    assert html.count(DATA_URI_IMG) == 1  # the training curves only
     assert _parse(html).errors == []
 
 
@@ -204,17 +193,18 @@ def test_an_empty_or_broken_run_folder_still_gives_a_report(tmp_path: Path) -> N
 
 
 def test_a_missing_run_folder_is_a_clear_error(tmp_path: Path) -> None:
-    from covid_cxr.errors import DataError
+    from covid_cxr.errors import CxrError
 
-    with pytest.raises(DataError, match="run folder not found"):
+    with pytest.raises(CxrError, match="run not found"):
         build_report(tmp_path / "nope")
 
 
-def test_the_report_of_a_copied_run_has_no_gallery_without_a_bundle(run_dir: Path, tmp_path: Path) -> None:
+def test_the_report_only_reads_what_the_stages_wrote(run_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("bundle", "checkpoints", "report.html"))
+    (copy / "evaluation" / "gallery.json").unlink()
     html = build_report(copy).read_text(encoding="utf-8")
-    assert "no bundle/ in the run folder" in _section(html, "gallery")
+    assert "no gallery.json in evaluation/" in _section(html, "gallery")
     assert (copy / "report.html").is_file() and not (run_dir / "copy").exists()
 
 
@@ -235,8 +225,8 @@ def test_flags_are_shown_as_flags_and_listed_as_limitations(
     assert 'badge-flag">FLAG<' in _section(html, "shortcuts")
     assert "source &#39;hospital-a&#39; is 100% &#39;covid&#39;" in _section(html, "checks")
     card = _section(html, "model_card")
-    assert f"Shortcut check: {escape(verdict)}" in card and "hospital-a" in card
-    assert "<dt>Shortcut flags</dt><dd>1</dd>" in html
+    assert f"Shortcut check (test split): {escape(verdict)}" in card and "hospital-a" in card
+    assert "<dt>Shortcut flags</dt><dd>test split: FLAG lungs hidden" in html
 
 
 def test_chromium_opens_the_report_offline_without_errors(report: tuple[Path, str]) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from covid_cxr.bundle import INTENDED_USE
+from covid_cxr.bundle_info import INTENDED_USE
 from covid_cxr.data.splits import SPLITS
-from covid_cxr.evaluation.report_evaluation import headline_rows
-from covid_cxr.evaluation.report_format import fmt, missing
-from covid_cxr.evaluation.report_run import RunFiles
+from covid_cxr.report.evaluation import column_label, headline_rows, shortcut_summary, with_interval
+from covid_cxr.report.format import fmt, missing
+from covid_cxr.report.run_files import RunFiles
 
 SMALL_TEST = 100  # below this many evaluated images the intervals are wide: said in the model card
 
@@ -21,7 +21,8 @@ def model_card(files: RunFiles) -> dict:
         "model": _model_rows(cfg, info),
         "training": _training_rows(cfg, info),
         "data": _data_rows(files),
-        "metrics": _card_metrics(files.metrics),
+        "metrics": _card_metrics(files),
+        "external": _external_rows(files),
         "limitations": limitations(files),
     }
 
@@ -44,16 +45,16 @@ def limitations(files: RunFiles) -> list[str]:
         )
     for flag in (files.checks or {}).get("confounded_sources", []):
         out.append(f"Confounding: source {flag['source']!r} is {flag['share']:.0%} {flag['label']!r}.")
-    e = files.metrics
-    if e is not None:
-        n = e["dataset"]["n_evaluated"]
+    for e in files.evaluations:
+        n = e.metrics["dataset"]["n_evaluated"]
         if n < SMALL_TEST:
-            out.append(f"Evaluated on only {n} images: the 95 % intervals are wide.")
-        if e["dataset"]["name"] == "test":
-            out.append("Evaluated on a held-out split of the training sources only (no external dataset).")
-        out.extend(f"Shortcut check: {text}" for text in (e.get("shortcuts") or {}).get("flags", []))
-    else:
+            out.append(f"{column_label(e)}: evaluated on only {n} images, so the 95 % intervals are wide.")
+        flags = (e.metrics.get("shortcuts") or {}).get("flags", [])
+        out.extend(f"Shortcut check ({column_label(e)}): {text}" for text in flags)
+    if not files.evaluations:
         out.append("The model has not been evaluated with intervals, calibration or shortcut checks yet.")
+    elif not any(e.external for e in files.evaluations):
+        out.append("Evaluated on a held-out split of the training sources only (no external dataset).")
     return out
 
 
@@ -72,10 +73,15 @@ def _model_rows(cfg: dict, info: dict) -> list[tuple[str, str]]:
             f"{pre.get('normalize', '–')}, CLAHE {pre.get('clahe') or 'off'}",
         ),
         ("Classes", ", ".join(info.get("class_names", [])) or "–"),
-        ("Temperature", fmt(info.get("temperature"))),
+        ("Temperature", f"{fmt(info.get('temperature'))} ({_calibration_reason(info)})"),
         ("Grad-CAM target layer", info.get("target_layer") or "–"),
     ]
     return [(k, str(v)) for k, v in rows]
+
+
+def _calibration_reason(info: dict) -> str:
+    """Why the bundle has its temperature (the calibration step's decision)."""
+    return (info.get("calibration") or {}).get("reason") or "not calibrated"
 
 
 def _training_rows(cfg: dict, info: dict) -> list[tuple[str, str]]:
@@ -102,8 +108,12 @@ def _training_rows(cfg: dict, info: dict) -> list[tuple[str, str]]:
 
 def _data_rows(files: RunFiles) -> list[tuple[str, str]]:
     """The configured source and the images per source and per split."""
-    source = (files.config or {}).get("data", {}).get("source") or "given on the command line"
-    rows = [("Data source", str(source))]
+    data = (files.config or {}).get("data", {})
+    options = ", ".join(f"{k}={v}" for k, v in (data.get("reader_options") or {}).items()) or "none"
+    rows = [
+        ("Data source", str(data.get("source") or "not recorded")),
+        ("Reader and options", f"{data.get('reader', 'auto')}; {options}"),
+    ]
     m = files.manifest
     if m is not None:
         counts = m["source"].fillna("").astype(str).replace("", "(unnamed)").value_counts()
@@ -114,9 +124,25 @@ def _data_rows(files: RunFiles) -> list[tuple[str, str]]:
     return rows
 
 
-def _card_metrics(metrics: dict | None) -> list[tuple[str, str, str]]:
-    """The headline figures with intervals, or nothing before evaluation."""
-    if metrics is None:
+def _card_metrics(files: RunFiles) -> list[tuple[str, str, str]]:
+    """The test split's headline figures with intervals, or nothing before evaluation."""
+    if files.internal is None:
         return []
+    metrics = files.internal.metrics
     intervals = (metrics.get("intervals") or {}).get("values", {})
     return headline_rows(metrics["metrics"]["headline"], intervals)
+
+
+def _external_rows(files: RunFiles) -> list[list[str]]:
+    """One row per external dataset: name, images, accuracy and macro AUC with intervals, shortcut flags."""
+    return [
+        [
+            e.name,
+            str(e.metrics["dataset"]["n_evaluated"]),
+            with_interval(e, "accuracy"),
+            with_interval(e, "macro_auc"),
+            shortcut_summary(e),
+        ]
+        for e in files.evaluations
+        if e.external
+    ]
