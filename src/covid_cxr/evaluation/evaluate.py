@@ -26,7 +26,6 @@ from covid_cxr.data.preprocess import preprocess
 from covid_cxr.data.readers import read_source
 from covid_cxr.errors import DataError, ImageError
 from covid_cxr.evaluation import calibration
-from covid_cxr.evaluation.bootstrap import bootstrap_ci, headline_metric_fns
 from covid_cxr.evaluation.calibration import (
     T_BOUNDS,
     apply_temperature,
@@ -34,6 +33,7 @@ from covid_cxr.evaluation.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
+from covid_cxr.evaluation.intervals import headline_intervals
 from covid_cxr.evaluation.metrics import classification_summary, headline
 from covid_cxr.evaluation.plots import write_figures
 from covid_cxr.evaluation.shortcuts import (
@@ -331,15 +331,16 @@ def _store_temperature(run: Path, predictor: Predictor, temperature: float, fit:
 
 
 def _intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int, seed: int) -> dict:
-    """95 % percentile bootstrap intervals of the headline figures ({} when n is 0)."""
+    """95 % intervals of the headline figures, each with its method (see intervals.py; {} when n is 0)."""
     if n <= 0:
         return {}
-    cis = bootstrap_ci(y, probs, headline_metric_fns(y, probs, classes), n=n, seed=seed)
+    level = 0.95
+    values = headline_intervals(y, probs, classes, n_resamples=n, seed=seed, level=level, n_bins=N_BINS)
     return {
         "n_resamples": n,
         "seed": seed,
-        "level": 0.95,
-        "values": {name: {"point": p, "lower": lo, "upper": hi} for name, (p, lo, hi) in cis.items()},
+        "level": level,
+        "values": {name: {**v, "level": level} for name, v in values.items()},
     }
 
 
