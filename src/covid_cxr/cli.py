@@ -372,11 +372,14 @@ def _print_evaluation(result: dict) -> None:
     from rich.table import Table
 
     console.print(result["metrics"]["report_text"])
-    table = Table(title="Headline figures (95 % bootstrap intervals)")
-    for column in ("metric", "value", "95 % CI"):
+    intervals = result.get("intervals") or {}
+    level = f"{100 * intervals.get('level', 0.95):g} %"
+    table = Table(title=f"Headline figures ({level} intervals)")
+    for column in ("metric", "value", f"{level} CI", "method"):
         table.add_column(column)
-    for name, v in (result.get("intervals") or {}).get("values", {}).items():
-        table.add_row(escape(name), _num(v["point"]), f"{_num(v['lower'])} - {_num(v['upper'])}")
+    for name, v in intervals.get("values", {}).items():
+        ci = f"{_num(v['lower'])} - {_num(v['upper'])}"
+        table.add_row(escape(name), _num(v["point"]), ci, v.get("method", "percentile bootstrap"))
     console.print(table)
     cal = result["calibration"]
     console.print(

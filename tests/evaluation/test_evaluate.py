@@ -16,6 +16,7 @@ from covid_cxr.bundle import load_bundle
 from covid_cxr.data.manifest import load_manifest
 from covid_cxr.errors import DataError
 from covid_cxr.evaluation.evaluate import class_key, evaluate_run, match_classes
+from covid_cxr.evaluation.intervals import METHODS
 
 FIGURES = ["confusion_matrix.png", "confusion_matrix_normalized.png", "roc.png", "pr.png", "reliability.png"]
 
@@ -124,6 +125,7 @@ def test_intervals_bracket_the_point_estimates(evaluated: tuple[Path, dict]) -> 
     for name in ("accuracy", "macro_f1", "macro_auc", "sensitivity[covid]", "specificity[viral]"):
         assert values[name]["lower"] <= values[name]["point"] <= values[name]["upper"], name
     assert result["intervals"]["n_resamples"] == 200
+    assert all(v["upper"] > v["lower"] and v["method"] in METHODS for v in values.values())
 
 
 def test_cross_source_evaluation_matches_aliases_and_counts_what_it_leaves_out(

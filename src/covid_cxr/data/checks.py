@@ -1,4 +1,4 @@
-"""Data checks: decode every file, find duplicates, count classes and sources, flag confounding."""
+"""Data checks: decode every file, find duplicates, count classes and sources, flag confounding and cues."""
 
 from __future__ import annotations
 
@@ -20,7 +20,15 @@ from rich.table import Table
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from covid_cxr.data.images import load_image
+from covid_cxr.data.acquisition import (
+    FLAG_AUC,
+    AcquisitionCues,
+    check_acquisition,
+    cue_summary,
+    file_facts,
+    print_acquisition,
+)
+from covid_cxr.data.images import decode_bytes, load_image, read_bytes
 from covid_cxr.data.manifest import Problem
 from covid_cxr.errors import ImageError
 from covid_cxr.io import atomic_write_text
@@ -121,6 +129,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     usable: bool = True
     unusable_reason: str = ""
+    acquisition: AcquisitionCues | None = None
 
     @property
     def n_readable(self) -> int:
@@ -157,6 +166,9 @@ class _Decoded:
     pixel_sumsq: float
     pixels: int
     phash: int
+    format: str
+    mode: str
+    bit_depth: int
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -167,10 +179,12 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 def _inspect_file(path: str) -> _Decoded | str:
     """Decode one file: its statistics, or the reason it cannot be used."""
     try:
-        grey = to_grey(load_image(path))
+        data = read_bytes(path)
+        grey = to_grey(decode_bytes(data, path))
     except ImageError as exc:
         return exc.reason
     values = grey.astype(np.float64)
+    facts = file_facts(data, path)
     return _Decoded(
         width=int(grey.shape[1]),
         height=int(grey.shape[0]),
@@ -178,6 +192,9 @@ def _inspect_file(path: str) -> _Decoded | str:
         pixel_sumsq=float(np.square(values).sum()),
         pixels=int(values.size),
         phash=int(str(imagehash.phash(Image.fromarray(grey))), 16),
+        format=facts.format,
+        mode=facts.mode,
+        bit_depth=facts.bit_depth,
     )
 
 
@@ -347,7 +364,7 @@ def run_checks(
     near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
     workers: int = 1,
 ) -> CheckReport:
-    """Decode every file of the manifest and report unreadable files, duplicates, balance and sources."""
+    """Decode every file of the manifest; report unreadable files, duplicates, balance, sources and cues."""
     results = _inspect_all(manifest["path"].astype(str).tolist(), progress, workers)
     ok = [isinstance(r, _Decoded) for r in results]
     unreadable = [
@@ -386,6 +403,7 @@ def run_checks(
         problems=list(problems),
         usable=usable,
         unusable_reason=reason,
+        acquisition=check_acquisition(readable),
     )
     _log_summary(report)
     return report
@@ -466,6 +484,8 @@ def _summary_table(report: CheckReport) -> Table:
         ),
         ("duplicate groups with conflicting labels", conflicts),
         ("reader problems", len(report.problems)),
+        ("sources", len({s for row in report.label_source.values() for s in row})),
+        (f"acquisition cues (CV AUC, flag > {FLAG_AUC})", cue_summary(report.acquisition)),
         ("usable", "yes" if report.usable else f"[red]NO: {report.unusable_reason}[/red]"),
     ]
     for name, value in rows:
@@ -541,6 +561,10 @@ def render_report(report: CheckReport, console: Console, limit: int = 10) -> Non
     console.print(_crosstab_table("Label x source", report.label_source))
     if report.label_split:
         console.print(_crosstab_table("Label x split (given by the source)", report.label_split))
+    if report.acquisition is not None:
+        print_acquisition(
+            report.acquisition, console, {s for row in report.label_source.values() for s in row}
+        )
     for flag in report.confounded_sources:
         console.print(
             f"[yellow]confounding: source {flag.source!r} is {100 * flag.share:.1f}% "

@@ -18,7 +18,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
     """Decode PNG/JPEG/BMP/TIFF/DICOM bytes into uint8 (H, W) or (H, W, 3)."""
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
-    if data[128:132] == b"DICM" or name.lower().endswith(".dcm"):
+    if is_dicom(data, name):
         from covid_cxr.data.dicom import decode_dicom_bytes
 
         return decode_dicom_bytes(data, name)
@@ -40,14 +40,22 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         raise ImageError(name, f"truncated or corrupt image ({exc})") from None
 
 
+def is_dicom(data: bytes, name: str) -> bool:
+    """True for DICOM bytes (the DICM preamble) or a .dcm file name."""
+    return data[128:132] == b"DICM" or name.lower().endswith(".dcm")
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; raises ImageError naming the file when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(str(path), f"cannot read file ({exc.strerror or exc})") from None
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one file; raises ImageError naming the file and the problem."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ImageError(str(p), f"cannot read file ({exc.strerror or exc})") from None
-    return decode_bytes(data, str(p), max_pixels)
+    return decode_bytes(read_bytes(path), str(Path(path)), max_pixels)
 
 
 def _to_uint8(im: Image.Image, name: str) -> np.ndarray:

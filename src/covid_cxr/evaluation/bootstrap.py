@@ -1,9 +1,12 @@
-"""Percentile bootstrap confidence intervals, vectorised over resamples.
+"""Stratified percentile bootstrap, vectorised over resamples.
 
-A resample is represented by how many times it draws each sample: a (B, N) weight matrix. Every
-metric function takes ``(y_true, probs, weights)`` and returns one value per resample row, so B
-resamples cost a few matrix operations rather than B scikit-learn calls. With all weights 1 the
-functions give exactly the point estimates of :mod:`covid_cxr.evaluation.metrics`.
+A resample is represented by how many times it draws each sample: a (B, N) weight matrix. The
+bootstrap is stratified: each resample draws, within every true class, as many images as the class
+has, so every resample keeps the class counts of the data (the test set's composition is fixed by
+design, not random). Every metric function takes ``(y_true, probs, weights)`` and returns one value
+per resample row, so B resamples cost a few matrix operations rather than B scikit-learn calls. With
+all weights 1 the functions give exactly the point estimates of :mod:`covid_cxr.evaluation.metrics`
+and :mod:`covid_cxr.evaluation.calibration`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from covid_cxr.errors import DataError
-from covid_cxr.evaluation.metrics import check_inputs, present_classes
 
 MetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 Interval = tuple[float | None, float | None, float | None]
@@ -29,10 +31,10 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Interval]:
-    """(point, lower, upper) per metric: the (1 - alpha) percentile interval over `n` resamples.
+    """(point, lower, upper) per metric: the (1 - alpha) percentile interval over `n` stratified resamples.
 
-    Values undefined in a resample (e.g. an AUC without positives) are ignored; a metric undefined
-    everywhere gives ``None``. The same seed gives the same intervals.
+    Values undefined in a resample are ignored; a metric undefined everywhere gives ``None``. The same
+    seed gives the same intervals.
     """
     if n < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n >= 1 and 0 < alpha < 1, got n={n}, alpha={alpha}")
@@ -47,7 +49,7 @@ def bootstrap_ci(
     chunk = max(1, _CHUNK_CELLS // size)
     values: dict[str, list[np.ndarray]] = {name: [] for name in metric_fns}
     for start in range(0, n, chunk):
-        weights = _resample_weights(rng, min(chunk, n - start), size)
+        weights = stratified_weights(rng, y, min(chunk, n - start))
         for name, fn in metric_fns.items():
             values[name].append(fn(y, p, weights))
     ones = np.ones((1, size))
@@ -57,53 +59,13 @@ def bootstrap_ci(
     }
 
 
-def headline_metric_fns(
-    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]
-) -> dict[str, MetricFn]:
-    """accuracy, macro_f1, macro_auc and sensitivity[c] / specificity[c] for every class present."""
-    y, _ = check_inputs(y_true, probs, classes)
-    present = present_classes(y, len(classes))
-    fns: dict[str, MetricFn] = {
-        "accuracy": accuracy,
-        "macro_f1": lambda y, p, w: macro_f1(y, p, w, present),
-        "macro_auc": lambda y, p, w: macro_auc(y, p, w, present),
-    }
-    for k in present:
-        fns[f"sensitivity[{classes[k]}]"] = lambda y, p, w, k=k: sensitivity(y, p, w, k)
-        fns[f"specificity[{classes[k]}]"] = lambda y, p, w, k=k: specificity(y, p, w, k)
-    return fns
-
-
-def accuracy(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted share of argmax predictions equal to the label."""
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    return (w @ correct) / w.sum(axis=1)
-
-
-def sensitivity(y: np.ndarray, p: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """Recall of class k: TP / (TP + FN), NaN without positives."""
-    cm = confusion(y, p, w)
-    tp, fn = cm[:, k, k], cm[:, k, :].sum(axis=1) - cm[:, k, k]
-    return _divide(tp, tp + fn)
-
-
-def specificity(y: np.ndarray, p: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """TN / (TN + FP) of class k, NaN without negatives."""
-    cm = confusion(y, p, w)
-    negatives = cm.sum(axis=(1, 2)) - cm[:, k, :].sum(axis=1)
-    fp = cm[:, :, k].sum(axis=1) - cm[:, k, k]
-    return _divide(negatives - fp, negatives)
-
-
-def macro_f1(y: np.ndarray, p: np.ndarray, w: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Mean F1 = 2TP / (2TP + FP + FN) over `classes` (0 where a class has no TP, FP or FN)."""
-    cm = confusion(y, p, w)
-    f1 = []
-    for k in classes:
-        tp = cm[:, k, k]
-        fp_fn = cm[:, :, k].sum(axis=1) + cm[:, k, :].sum(axis=1) - 2 * tp
-        f1.append(np.nan_to_num(_divide(2 * tp, 2 * tp + fp_fn)))
-    return np.mean(f1, axis=0)
+def stratified_weights(rng: np.random.Generator, y: np.ndarray, rows: int) -> np.ndarray:
+    """(rows, N) draw counts of `rows` resamples, each drawing with replacement within every class of y."""
+    weights = np.zeros((rows, len(y)))
+    for k in np.unique(y):
+        members = np.flatnonzero(y == k)
+        weights[:, members] = _resample_weights(rng, rows, len(members))
+    return weights
 
 
 def macro_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -125,12 +87,14 @@ def weighted_auc(positive: np.ndarray, scores: np.ndarray, w: np.ndarray) -> np.
     return _divide(wins, pos_w.sum(axis=1) * neg_w.sum(axis=1))
 
 
-def confusion(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted confusion matrices (B, C, C): rows true class, columns predicted class."""
-    c = p.shape[1]
-    cell = y * c + p.argmax(axis=1)
-    indicator = (cell[:, None] == np.arange(c * c)[None, :]).astype(np.float64)
-    return (w @ indicator).reshape(len(w), c, c)
+def weighted_ece(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE per weight row, binned as reliability_bins: sum over bins of |correct - confidence| / N."""
+    confidence = p.max(axis=1)
+    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    gap = (p.argmax(axis=1) == y) - confidence
+    per_bin = np.zeros((len(y), n_bins))
+    per_bin[np.arange(len(y)), which] = gap
+    return np.abs(w @ per_bin).sum(axis=1) / w.sum(axis=1)
 
 
 def _resample_weights(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:

@@ -26,7 +26,6 @@ from covid_cxr.data.manifest import load_manifest
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.data.readers import read_source
 from covid_cxr.errors import DataError, ImageError
-from covid_cxr.evaluation.bootstrap import bootstrap_ci, headline_metric_fns
 from covid_cxr.evaluation.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -34,6 +33,7 @@ from covid_cxr.evaluation.calibration import (
     reliability_bins,
 )
 from covid_cxr.evaluation.gallery import write_gallery
+from covid_cxr.evaluation.intervals import headline_intervals
 from covid_cxr.evaluation.metrics import classification_summary, headline
 from covid_cxr.evaluation.plots import write_figures
 from covid_cxr.evaluation.shortcuts import (
@@ -289,15 +289,16 @@ def _labelled(manifest: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame,
 
 
 def _intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int, seed: int) -> dict:
-    """95 % percentile bootstrap intervals of the headline figures ({} when n is 0)."""
+    """95 % intervals of the headline figures, each with its method (see intervals.py; {} when n is 0)."""
     if n <= 0:
         return {}
-    cis = bootstrap_ci(y, probs, headline_metric_fns(y, probs, classes), n=n, seed=seed)
+    level = 0.95
+    values = headline_intervals(y, probs, classes, n_resamples=n, seed=seed, level=level, n_bins=N_BINS)
     return {
         "n_resamples": n,
         "seed": seed,
-        "level": 0.95,
-        "values": {name: {"point": p, "lower": lo, "upper": hi} for name, (p, lo, hi) in cis.items()},
+        "level": level,
+        "values": {name: {**v, "level": level} for name, v in values.items()},
     }
 
 
