@@ -85,6 +85,9 @@ def test_the_report_holds_both_evaluations_and_the_flags(real_run: Path) -> None
             assert value["upper"] > value["lower"], name  # never a zero-width interval on so few images
     glance = html[html.index('<dl class="glance">') : html.index("</dl>")]
     assert "test split" in glance and "kermany-224" in glance
+    assert "<dt>Acquisition cues</dt><dd>FLAG Viral Pneumonia" in glance  # RGB JPEG vs grey PNG
+    checks = html[html.index('<section id="checks">') : html.index('<section id="splits">')]
+    assert 'badge-flag">FLAG<' in checks and "Viral Pneumonia" in checks
     if internal["shortcuts"]["flags"]:
         assert "test split: FLAG" in glance
     assert "external: kermany-224" in html[html.index('<section id="model_card">') :]

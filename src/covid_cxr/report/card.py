@@ -43,6 +43,13 @@ def limitations(files: RunFiles) -> list[str]:
         out.append(
             "Trained and tested on synthetic phantoms only: the figures say nothing about real X-rays."
         )
+    for flag in ((files.checks or {}).get("acquisition") or {}).get("flagged", []):
+        cues = ", ".join(flag.get("features", []))
+        out.append(
+            f"Acquisition cues: {flag['label']!r} is recognisable from how its files were stored ({cues}; "
+            f"AUC {flag['auc']:.2f} from the file facts alone): a model can learn the collection, "
+            "not the disease."
+        )
     for flag in (files.checks or {}).get("confounded_sources", []):
         out.append(f"Confounding: source {flag['source']!r} is {flag['share']:.0%} {flag['label']!r}.")
     for e in files.evaluations:

@@ -48,9 +48,37 @@ def checks_section(files: RunFiles) -> dict:
             "a model can learn the source instead of the disease"
             for f in c["confounded_sources"]
         ],
+        "acquisition": acquisition_rows(c.get("acquisition")),
         "unreadable": [(u["path"], u["label"], u["reason"]) for u in c["unreadable"][:_LIMIT]],
         "unreadable_more": max(0, len(c["unreadable"]) - _LIMIT),
     }
+
+
+def acquisition_rows(acquisition: dict | None) -> dict:
+    """The acquisition-cue verdict, per-class AUC with each class's most common facts, and the evidence."""
+    if not acquisition:
+        return missing("checks.json has no acquisition-cue check (written by an older covid-cxr)")
+    verdict = str(acquisition.get("verdict", ""))
+    features = acquisition.get("features", [])
+    rows = []
+    for cls in acquisition.get("classes", []):
+        facts = acquisition.get("distributions", {}).get(cls, {})
+        rows.append(
+            [cls, fmt(acquisition.get("auc", {}).get(cls)), *(_top(facts.get(f, {})) for f in features)]
+        )
+    return {
+        "status": verdict.split(":", 1)[0] if ":" in verdict else "?",
+        "verdict": verdict,
+        "header": ["class", "cue AUC", *features],
+        "rows": rows,
+        "evidence": [e for flag in acquisition.get("flagged", []) for e in flag.get("evidence", [])],
+        "classifier": acquisition.get("classifier", ""),
+    }
+
+
+def _top(counts: dict) -> str:
+    """'JPEG 300' or 'PNG 250, JPEG 50': the two most common values of one fact in one class."""
+    return ", ".join(f"{value} {n}" for value, n in list(counts.items())[:2]) or "–"
 
 
 def splits_section(files: RunFiles) -> dict:

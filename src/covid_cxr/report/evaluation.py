@@ -46,10 +46,16 @@ def side_by_side(evaluations: list[Evaluation]) -> dict:
 
 
 def at_a_glance(files: RunFiles) -> list[tuple[str, str]]:
-    """The header's figures: accuracy and macro AUC with intervals per evaluation, and the shortcut flags."""
-    if not files.evaluations:
-        return [("Evaluation", "not run")]
+    """The header's figures: acquisition cues, accuracy and macro AUC per evaluation, the shortcut flags."""
+    acquisition = (files.checks or {}).get("acquisition")
     rows = []
+    if acquisition:
+        flagged = ", ".join(f"{f['label']} (AUC {f['auc']:.2f})" for f in acquisition.get("flagged", []))
+        rows.append(
+            ("Acquisition cues", f"FLAG {flagged}" if flagged else str(acquisition["verdict"]).split(":")[0])
+        )
+    if not files.evaluations:
+        return [*rows, ("Evaluation", "not run")]
     for e in files.evaluations:
         head = e.metrics["metrics"]["headline"]
         rows.append(
