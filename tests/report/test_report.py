@@ -242,3 +242,23 @@ def test_chromium_opens_the_report_offline_without_errors(report: tuple[Path, st
         page.screenshot(path="/tmp/report.png", full_page=True)
     assert problems == []
     assert total > 0 and loaded == total
+
+
+def test_a_tiny_external_dataset_missing_a_class_renders_beside_the_test_split(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    manifest = pd.read_csv(run / "manifest.csv")
+    test = manifest[(manifest["split"] == "test") & manifest["label"].isin(["covid", "normal"])]
+    picked = pd.concat([test[test["label"] == "covid"].head(3), test[test["label"] == "normal"].head(2)])
+    for row in picked.itertuples():  # 5 images, no 'viral', one source, no lesion masks
+        (tmp_path / "tiny" / row.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row.path, tmp_path / "tiny" / row.label / Path(row.path).name)
+    evaluate_run(run, tmp_path / "tiny", bootstrap=50, gallery_per_class=1)
+    html = build_report(run).read_text(encoding="utf-8")
+    evaluation = _section(html, "evaluation")
+    assert "external: tiny" in evaluation and "test split" in evaluation
+    assert "<td>5</td>" in evaluation and "no images" in evaluation  # sensitivity of the absent class
+    assert "external: tiny" in _section(html, "shortcuts")
+    assert "tiny" in _section(html, "model_card")
+    assert _parse(html).errors == []

@@ -76,11 +76,12 @@ def shortcut_summary(evaluation: Evaluation) -> str:
         return "not run"
     checks = {k: v for k, v in shortcuts.items() if isinstance(v, dict) and "verdict" in v}
     flagged = [k.replace("_", " ") for k, v in checks.items() if v.get("flag")]
-    skipped = [k.replace("_", " ") for k, v in checks.items() if str(v["verdict"]).startswith("SKIP")]
-    parts = [f"FLAG {', '.join(flagged)}"] if flagged else [f"none of {len(checks) - len(skipped)} run"]
-    if skipped:
-        parts.append(f"skipped {', '.join(skipped)}")
-    return "; ".join(parts)
+    skipped = [k for k, v in checks.items() if str(v["verdict"]).startswith("SKIP")]
+    if len(skipped) == len(checks):
+        return f"all {len(checks)} skipped"
+    ran = len(checks) - len(skipped)
+    text = f"FLAG {', '.join(flagged)}" if flagged else f"none flagged of {ran} run"
+    return f"{text}; {len(skipped)} skipped" if skipped else text
 
 
 def with_interval(evaluation: Evaluation, key: str) -> str:
