@@ -37,7 +37,7 @@ def explain_bytes(
 ) -> ExplainResult:
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
-    image = decode_bytes(data, name, state.settings.max_pixels)
+    image = decode_bytes(data, name, state.settings.max_pixels, state.settings.max_side)
     result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(
