@@ -5,24 +5,39 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
 from pydantic import ValidationError
 
 from covid_cxr.errors import ConfigError
-from covid_cxr.serving.app import create_app
 from covid_cxr.serving.settings import Settings
 from covid_cxr.serving.supervision import PARENT_PID_ENV, die_with_parent
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from covid_cxr.serving.app import create_app
 
 __all__ = ["Settings", "app_from_env", "create_app", "serve"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+def __getattr__(name: str) -> Any:
+    """Import create_app (FastAPI, torch) lazily: uvicorn's workers import this package's protocol
+    class while they start, before they answer the supervisor's health pings."""
+    if name == "create_app":
+        from covid_cxr.serving.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'covid_cxr.serving' has no attribute {name!r}")
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory for `serve --workers N`: create_app(Settings.from_env()), in each worker process,
     which first arranges to be terminated when the parent process dies."""
+    from covid_cxr.serving.app import create_app
+
     die_with_parent(os.environ.get(PARENT_PID_ENV))
     return create_app(Settings.from_env())
 
@@ -55,7 +70,8 @@ def serve(
     import uvicorn
 
     from covid_cxr.bundle import load_bundle
-    from covid_cxr.serving.protocol import with_header_timeout
+    from covid_cxr.serving.app import create_app
+    from covid_cxr.serving.protocol import HEADER_TIMEOUT_ENV, HeaderTimeoutProtocol
 
     options.setdefault("allowed_hosts", default_allowed_hosts(host))
     try:
@@ -69,6 +85,7 @@ def serve(
             raise ConfigError(f"{path}: TLS key or certificate file not found")
     if header_timeout_s <= 0:
         raise ConfigError(f"header_timeout_s must be > 0, got {header_timeout_s}")
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout_s)
     predictor = load_bundle(settings.bundle, backend=settings.backend, threads=settings.threads)
     if workers > 1:
         del predictor
@@ -86,7 +103,7 @@ def serve(
         workers=workers,
         log_level=log_level,
         server_header=False,
-        http=with_header_timeout(header_timeout_s),
+        http=HeaderTimeoutProtocol,
         ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile),
         ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from covid_cxr import __version__
 from covid_cxr.bundle import INTENDED_USE
+from covid_cxr.data.dicom import quiet_pydicom_log
 from covid_cxr.predictor import Predictor
 from covid_cxr.serving.deps import ServerState
 from covid_cxr.serving.docs import install_docs
@@ -24,7 +26,13 @@ from covid_cxr.serving.settings import Settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the bundle and start the micro-batcher; stop it on shutdown."""
+    """Load the bundle and start the micro-batcher; stop it on shutdown.
+
+    pydicom's warnings and log records can quote element values (patient data): the server process
+    drops the warnings and withholds the records' text, so neither reaches its log.
+    """
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    quiet_pydicom_log()
     preloaded, app.state.preloaded = app.state.preloaded, None
     state = await asyncio.to_thread(ServerState.load, app.state.settings, preloaded)
     gc.collect()

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+HEADER_TIMEOUT_ENV = "COVID_CXR_SERVE_HEADER_TIMEOUT_S"
+
 
 class HeaderTimeoutProtocol(H11Protocol):
-    """Close a connection whose request line and headers are not complete `header_timeout` s after the
-    connection opened or the previous response ended (slow-loris). Bodies are timed by `read_body`."""
+    """Close a connection whose request line and headers are not complete HEADER_TIMEOUT_ENV seconds
+    (default 10) after the connection opened or the previous response ended (slow-loris). Bodies are
+    timed by `read_body`. The timeout travels in the environment, as the settings do, to each worker."""
 
-    header_timeout: float = 10.0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV, "10"))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -48,8 +55,3 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
-
-
-def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    """A HeaderTimeoutProtocol subclass with this timeout (uvicorn takes a class as `http`)."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
