@@ -49,6 +49,10 @@ def decode_png_b64(text: str) -> np.ndarray:
 
 def test_healthz_names_model_classes_and_intended_use(client: TestClient) -> None:
     body = client.get("/healthz").json()
+    card = body.pop("model_card")
+    assert card["intended_use"] == "research only, not for diagnosis"
+    assert card["metrics"] == {"accuracy": 0.5} and card["run"] == "tiny serve"
+    assert "fp-serving" in card["training_data"]  # the bundle's training-data fingerprint
     assert body == {
         "status": "ok",
         "model": MODEL_NAME,

@@ -27,6 +27,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ModelCard(BaseModel):
+    """What the bundle says about the model: intended use, training data and its own metrics."""
+
+    run: str | None = None
+    created: str | None = None
+    intended_use: str
+    training_data: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 class Health(BaseModel):
     """GET /healthz."""
 
@@ -36,6 +46,7 @@ class Health(BaseModel):
     backend: str
     auth_required: bool
     intended_use: str
+    model_card: ModelCard
 
 
 class ClassResult(BaseModel):
