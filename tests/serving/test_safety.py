@@ -303,3 +303,10 @@ def test_workers_die_with_their_parent(bundle_dir: Path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_several_workers_check_the_bundle_in_a_child_and_fail_fast(tmp_path: Path) -> None:
+    from covid_cxr.errors import BundleError
+
+    with pytest.raises(BundleError, match="bundle folder not found"):
+        serve(tmp_path / "missing", workers=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,23 @@ def default_allowed_hosts(host: str) -> tuple[str, ...]:
     return LOOPBACK_HOSTS if host in LOOPBACK_HOSTS or host.startswith("127.") else ("*",)
 
 
+def check_bundle(settings: Settings) -> None:
+    """Load the bundle once and drop it: raises BundleError when it is broken."""
+    from covid_cxr.bundle import load_bundle
+
+    load_bundle(settings.bundle, backend=settings.backend, threads=settings.threads)
+
+
+def _check_bundle_elsewhere(settings: Settings) -> None:
+    """check_bundle in a short-lived process, so that the supervising parent of several workers never
+    imports torch or holds a model (its error, a BundleError, comes back here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(check_bundle, settings).result()
+
+
 def serve(
     bundle: str | Path,
     host: str = "127.0.0.1",
@@ -64,13 +80,12 @@ def serve(
 
     Bad settings (an empty API key, half a TLS pair...) raise ConfigError and a broken bundle a
     BundleError before anything listens. One worker serves the bundle loaded here; with `workers` > 1
-    each worker loads it (settings travel as COVID_CXR_SERVE_* variables) and the parent, which only
-    supervises, drops its checking copy. Workers are terminated when the parent dies (Linux).
+    a short-lived process checks the bundle, each worker loads it (settings travel as COVID_CXR_SERVE_*
+    variables) and the parent only supervises: it imports no torch and holds no model. Workers are
+    terminated when the parent dies (Linux).
     """
     import uvicorn
 
-    from covid_cxr.bundle import load_bundle
-    from covid_cxr.serving.app import create_app
     from covid_cxr.serving.protocol import HEADER_TIMEOUT_ENV, HeaderTimeoutProtocol
 
     options.setdefault("allowed_hosts", default_allowed_hosts(host))
@@ -86,14 +101,16 @@ def serve(
     if header_timeout_s <= 0:
         raise ConfigError(f"header_timeout_s must be > 0, got {header_timeout_s}")
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout_s)
-    predictor = load_bundle(settings.bundle, backend=settings.backend, threads=settings.threads)
     if workers > 1:
-        del predictor
-        gc.collect()
+        _check_bundle_elsewhere(settings)
         os.environ.update(settings.to_env())
         os.environ[PARENT_PID_ENV] = str(os.getpid())
         app: Any = "covid_cxr.serving:app_from_env"
     else:
+        from covid_cxr.bundle import load_bundle
+        from covid_cxr.serving.app import create_app
+
+        predictor = load_bundle(settings.bundle, backend=settings.backend, threads=settings.threads)
         app = create_app(settings, predictor)
     uvicorn.run(
         app,

@@ -43,7 +43,7 @@ class Settings(BaseModel):
     )
     decode_slots: int = Field(2, ge=1, description="requests decoding or parsing at once (per worker)")
     explain_slots: int = Field(1, ge=1, description="explanations computed at once (per worker)")
-    queue_limit: int = Field(16, ge=0, description="requests waiting for a slot; beyond them: 503")
+    queue_limit: int = Field(64, ge=0, description="requests waiting for a slot; beyond them: 503")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this time")
     allowed_hosts: tuple[str, ...] = Field(
         ("*",), description="Host header values accepted (DNS-rebinding guard); '*' accepts any"
@@ -61,6 +61,8 @@ class Settings(BaseModel):
     @classmethod
     def _known_method(cls, value: str) -> str:
         """Refuse an explanation method pytorch-grad-cam does not have, at startup rather than per request."""
+        if value == "gradcam":  # the default: no need to import torch (the --workers parent never does)
+            return value
         from covid_cxr.explain.cam import METHODS
 
         if value not in METHODS:
