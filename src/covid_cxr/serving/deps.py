@@ -98,15 +98,19 @@ async def read_body(request: Request, state: StateDep) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    body = bytearray()
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-    except TimeoutError:
+        return await asyncio.wait_for(_collect(request, limit), timeout)
+    except asyncio.TimeoutError:
         raise HTTPException(408, f"request body not complete within {timeout:g} s") from None
+
+
+async def _collect(request: Request, limit: int) -> bytes:
+    """The streamed body, refused with 413 past `limit` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
 
 
