@@ -36,6 +36,7 @@ def batch(count: int, seed: int = 0) -> np.ndarray:
 
 def test_tritonclient_health_and_metadata(triton: httpclient.InferenceServerClient) -> None:
     assert triton.is_server_live() and triton.is_server_ready()
+    assert "binary_tensor_data" in triton.get_server_metadata()["extensions"]
     assert triton.is_model_ready(MODEL_NAME) and triton.is_model_ready(MODEL_NAME, model_version="1")
     assert not triton.is_model_ready(MODEL_NAME, model_version="2")
     meta = triton.get_model_metadata(MODEL_NAME, model_version="1")

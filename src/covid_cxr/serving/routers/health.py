@@ -43,4 +43,4 @@ def ready(state: StateDep) -> dict[str, bool]:
 @router.get("/v2")
 def server_metadata() -> dict[str, Any]:
     """KServe v2 server metadata."""
-    return {"name": "covid-cxr", "version": __version__, "extensions": []}
+    return {"name": "covid-cxr", "version": __version__, "extensions": ["binary_tensor_data"]}
