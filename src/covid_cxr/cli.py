@@ -516,11 +516,26 @@ def serve(
         Optional[str], typer.Option(help="model name in the URLs (default: the run name)")
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload in MB")] = 50.0,
+    allowed_hosts: Annotated[
+        Optional[str],
+        typer.Option(help="comma-separated Host names accepted (default: loopback names on a loopback host)"),
+    ] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM)")] = None,
+    ssl_certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate chain (PEM)")] = None,
+    header_timeout: Annotated[float, typer.Option(help="seconds a client has to send its headers")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="seconds a client has to send its body")] = 30.0,
 ) -> None:
     """REST server (TF-Serving, KServe v2, multipart) and the web page at /. Research use only."""
+    import os
+
     from covid_cxr.serving import serve as run_server
 
-    console.print(f"serving {bundle} on http://{host}:{port}/ (page), http://{host}:{port}/docs (API)")
+    if api_key is None and "COVID_CXR_API_KEY" in os.environ:  # click reads an empty variable as unset
+        api_key = os.environ["COVID_CXR_API_KEY"]
+    extra = {} if allowed_hosts is None else {"allowed_hosts": allowed_hosts}
+    scheme = "https" if ssl_certfile else "http"
+    url = f"{scheme}://{host}:{port}"
+    console.print(f"serving {bundle} on {url}/ (page), {url}/docs (API)")
     run_server(
         _bundle_dir(bundle),
         host=host,
@@ -529,6 +544,11 @@ def serve(
         api_key=api_key,
         model_name=model_name,
         max_upload_bytes=int(max_upload_mb * 1_000_000),
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        ssl_keyfile=ssl_keyfile,
+        ssl_certfile=ssl_certfile,
+        **extra,
     )
 
 

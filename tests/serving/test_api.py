@@ -49,6 +49,10 @@ def decode_png_b64(text: str) -> np.ndarray:
 
 def test_healthz_names_model_classes_and_intended_use(client: TestClient) -> None:
     body = client.get("/healthz").json()
+    card = body.pop("model_card")
+    assert card["intended_use"] == "research only, not for diagnosis"
+    assert card["metrics"] == {"accuracy": 0.5} and card["run"] == "tiny serve"
+    assert "fp-serving" in card["training_data"]  # the bundle's training-data fingerprint
     assert body == {
         "status": "ok",
         "model": MODEL_NAME,
@@ -82,11 +86,16 @@ def test_tf_metadata_declares_nhwc_input_and_class_names(client: TestClient) -> 
     assert [int(d["size"]) for d in signature["outputs"]["probabilities"]["tensor_shape"]["dim"]] == [-1, 3]
     assert meta["metadata"]["class_names"] == CLASSES
     assert meta["model_spec"]["name"] == MODEL_NAME
+    image_bytes = meta["metadata"]["signature_def"]["signature_def"]["serving_bytes"]["inputs"]["image_bytes"]
+    assert image_bytes["dtype"] == "DT_STRING"
 
 
-def test_kserve_metadata_declares_nchw_fp32(client: TestClient) -> None:
+def test_kserve_metadata_declares_nchw_fp32_and_image_bytes(client: TestClient) -> None:
     meta = client.get(V2).json()
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, SPEC.size, SPEC.size]}]
+    assert meta["inputs"] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 3, SPEC.size, SPEC.size]},
+        {"name": "image", "datatype": "BYTES", "shape": [-1]},
+    ]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
     assert meta["parameters"]["class_names"] == CLASSES
 
@@ -124,10 +133,12 @@ def test_tf_predict_b64_instances_are_decoded_and_preprocessed(
 
 def test_tf_predict_mixes_named_b64_and_array_instances(client: TestClient, predictor: Predictor) -> None:
     image, x = png_bytes(seed=3), nhwc(1, seed=3)
-    response = client.post(f"{V1}:predict", json={"instances": [{"input": b64(image)}, x[0].tolist()]})
+    instances = [{"input": b64(image)}, x[0].tolist(), {"image_bytes": b64(image)}]
+    response = client.post(f"{V1}:predict", json={"instances": instances})
     got = np.array(response.json()["predictions"])
     np.testing.assert_allclose(got[0], predictor.predict([image])[0], atol=1e-6)
     np.testing.assert_allclose(got[1], predictor.predict_tensor(x.transpose(0, 3, 1, 2))[0], atol=1e-6)
+    np.testing.assert_allclose(got[2], got[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("wrap", [False, True])
@@ -204,7 +215,7 @@ def _mutated(change: str) -> bytes:
         (_mutated("valid") + b" x", 400, "malformed JSON"),
         (seed_body(nhwc(1).tolist(), signature_name="predict"), 400, "unknown signature_name 'predict'"),
         (seed_body(nhwc(1).tolist(), inputs=nhwc(1).tolist()), 400, "exactly one"),
-        (seed_body(nhwc(1).tolist(), instance=1), 422, "instance: Extra inputs are not permitted"),
+        (seed_body(nhwc(1).tolist(), instance=1), 400, "instance: Extra inputs are not permitted"),
     ],
 )
 def test_float_array_mistakes_get_4xx_naming_them(
@@ -352,9 +363,25 @@ FIELD_ONLY = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nno file
         ("post", f"{V1}:predict", {"json": {"instances": []}}, 400, "no instances"),
         ("post", f"{V1}:predict", {"json": {}}, 400, "exactly one"),
         ("post", f"{V1}:predict", {"json": {"instances": [], "inputs": []}}, 400, "exactly one"),
-        ("post", f"{V1}:predict", {"json": {"instances": 5}}, 422, "instances"),
-        ("post", f"{V1}:predict", {"json": {"instance": []}}, 422, "instance"),
-        ("post", f"{V1}:predict", {"json": [1, 2]}, 422, "invalid request"),
+        ("post", f"{V1}:predict", {"json": {"instances": 5}}, 400, "instances"),
+        ("post", f"{V1}:predict", {"json": {"instance": []}}, 400, "instance"),
+        ("post", f"{V1}:predict", {"json": [1, 2]}, 400, "invalid request"),
+        ("post", f"{V1}/versions/2:predict", {"json": {"instances": [1]}}, 404, "version '2'"),
+        ("post", f"{V1}/labels/canary:predict", {"json": {"instances": [1]}}, 404, "label 'canary'"),
+        (
+            "post",
+            f"{V1}:predict",
+            {"json": {"signature_name": "serving_default", "instances": [{"b64": "aGVsbG8="}]}},
+            400,
+            "DT_FLOAT",
+        ),
+        (
+            "post",
+            f"{V1}:predict",
+            {"json": {"signature_name": "serving_bytes", "instances": [[[[0.0] * 3] * 32] * 32]}},
+            400,
+            "DT_STRING",
+        ),
         ("post", f"{V1}:predict", {"json": {"inputs": 3}}, 400, "inputs"),
         ("post", f"{V1}:predict", {"json": {"signature_name": "other", "instances": [1]}}, 400, "signature"),
         ("post", f"{V1}:predict", {"content": b'{"instances": [NaN]}'}, 400, "finite"),
@@ -421,8 +448,9 @@ FIELD_ONLY = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nno file
             400,
             "'input'",
         ),
-        ("post", f"{V2}/infer", {"json": {"inputs": []}}, 422, "inputs"),
-        ("post", f"{V2}/infer", {"json": {"inputs": [{"name": "input"}]}}, 422, "shape"),
+        ("post", f"{V2}/infer", {"json": {"inputs": []}}, 400, "inputs"),
+        ("post", f"{V2}/infer", {"json": {"inputs": [{"name": "input"}]}}, 400, "shape"),
+        ("get", f"{V2}/versions/7/ready", {}, 404, "version '7'"),
         ("post", "/explain", {"content": b"x", "params": {"target": "t" * 500}}, 422, "target"),
     ],
 )

@@ -6,23 +6,32 @@ Tag values (patient data) are never logged and never put into error messages.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from covid_cxr.data.images import MAX_PIXELS
+from covid_cxr.data.images import MAX_PIXELS, reduce_factor
 from covid_cxr.errors import ImageError
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_CV_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
 
 
-def decode_dicom_bytes(data: bytes, name: str) -> np.ndarray:
-    """Decode DICOM bytes into uint8 (H, W) grey or (H, W, 3) RGB; raises ImageError."""
-    ds = _read_dataset(data, name)
-    pixels = _first_frame(_pixel_array(ds, name), ds)
+def decode_dicom_bytes(
+    data: bytes, name: str, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
+    """Decode DICOM bytes into uint8 (H, W) grey or (H, W, 3) RGB; raises ImageError.
+
+    Only the first frame is decoded; a frame over `max_pixels` is refused before decoding, and with
+    `max_side` the frame is reduced by a whole factor before the (float) LUTs are applied.
+    """
+    ds = _read_dataset(data, name, max_pixels)
+    pixels = _shrunk(_pixel_array(ds, name), max_side)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         return _min_max_uint8(apply_color_lut(pixels, ds))
@@ -53,7 +62,24 @@ def dicom_patient_id(path: str | Path) -> str | None:
     return value or None
 
 
-def _read_dataset(data: bytes, name: str) -> pydicom.Dataset:
+def quiet_pydicom_log() -> None:
+    """Withhold the text of pydicom's log records, which can quote element values (patient data).
+
+    pydicom logs each warning before raising it; the server calls this at startup and turns the
+    warnings themselves off (warnings.filterwarnings), so neither reaches its log.
+    """
+    logger = logging.getLogger("pydicom")
+    if _withhold_text not in logger.filters:
+        logger.addFilter(_withhold_text)
+
+
+def _withhold_text(record: logging.LogRecord) -> bool:
+    """Replace a record's message (which may hold element values) by a fixed text."""
+    record.msg, record.args = "pydicom %s (text withheld: it may quote DICOM values)", (record.levelname,)
+    return True
+
+
+def _read_dataset(data: bytes, name: str, max_pixels: int) -> pydicom.Dataset:
     """Parse the DICOM header and check that there is pixel data of an acceptable size."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -64,22 +90,31 @@ def _read_dataset(data: bytes, name: str) -> pydicom.Dataset:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise ImageError(name, "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS:
-        raise ImageError(name, f"{cols}x{rows} exceeds the pixel limit of {MAX_PIXELS}")
+    if rows * cols > max_pixels:
+        raise ImageError(name, f"{cols}x{rows} exceeds the pixel limit of {max_pixels}")
     return ds
 
 
 def _pixel_array(ds: pydicom.Dataset, name: str) -> np.ndarray:
-    """The decoded pixel data (YBR converted to RGB by pydicom)."""
+    """The first frame's decoded pixels (YBR converted to RGB by pydicom); other frames stay encoded."""
     try:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - missing codec, truncated data, bad attributes ...
-        raise ImageError(name, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
+        raise ImageError(name, f"cannot decode DICOM pixel data ({type(exc).__name__})") from None
 
 
-def _first_frame(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """The first frame of a multi-frame image, else the image itself."""
-    return pixels[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels
+def _shrunk(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`pixels` reduced by reduce_factor in their own dtype, before any float conversion: box-averaged
+    where OpenCV can, else subsampled."""
+    factor = reduce_factor(pixels.shape[1], pixels.shape[0], max_side)
+    if factor <= 1:
+        return pixels
+    if pixels.dtype in _CV_DTYPES and (pixels.ndim == 2 or pixels.shape[2] <= 4):
+        size = (max(1, pixels.shape[1] // factor), max(1, pixels.shape[0] // factor))
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(pixels[::factor, ::factor])
 
 
 def _grey_values(pixels: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray:

@@ -14,22 +14,32 @@ from covid_cxr.errors import ImageError
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: larger images are refused
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG/BMP/TIFF/DICOM bytes into uint8 (H, W) or (H, W, 3)."""
+def decode_bytes(
+    data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/TIFF/DICOM bytes into uint8 (H, W) or (H, W, 3).
+
+    Images over `max_pixels` (one DICOM frame) are refused before decoding. With `max_side`, larger
+    images are reduced by a whole factor to a longer side between max_side and 2 * max_side, during
+    decoding where the format allows (JPEG draft mode) and right after it otherwise.
+    """
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     if is_dicom(data, name):
         from covid_cxr.data.dicom import decode_dicom_bytes
 
-        return decode_dicom_bytes(data, name)
+        return decode_dicom_bytes(data, name, max_pixels, max_side)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > max_pixels:
                     raise ImageError(name, f"{im.width}x{im.height} exceeds the pixel limit of {max_pixels}")
+                factor = reduce_factor(im.width, im.height, max_side)
+                if factor > 1 and im.format == "JPEG":
+                    im.draft(None, (im.width // factor, im.height // factor))  # DCT scaling: 1/2 .. 1/8
                 im.load()
-                return _to_uint8(im, name)
+                return _to_uint8(_reduce(im, reduce_factor(im.width, im.height, max_side)), name)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -56,6 +66,21 @@ def read_bytes(path: str | Path) -> bytes:
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one file; raises ImageError naming the file and the problem."""
     return decode_bytes(read_bytes(path), str(Path(path)), max_pixels)
+
+
+def reduce_factor(width: int, height: int, max_side: int | None) -> int:
+    """The whole factor that brings the longer side to [max_side, 2 * max_side); 1 when no reduction."""
+    return max(1, max(width, height) // max_side) if max_side else 1
+
+
+def _reduce(im: Image.Image, factor: int) -> Image.Image:
+    """`im` reduced by `factor` (box average), or unchanged for modes Pillow cannot reduce."""
+    if factor <= 1:
+        return im
+    try:
+        return im.reduce(factor)
+    except ValueError:
+        return im.convert("L" if im.mode.startswith("I") or im.mode == "F" else "RGB").reduce(factor)
 
 
 def _to_uint8(im: Image.Image, name: str) -> np.ndarray:

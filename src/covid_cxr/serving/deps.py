@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Path, Request
 
@@ -12,6 +13,7 @@ from covid_cxr.bundle import load_bundle
 from covid_cxr.export import model_name
 from covid_cxr.predictor import Predictor
 from covid_cxr.serving.batching import DirectRunner, make_runner
+from covid_cxr.serving.limits import Slots
 from covid_cxr.serving.settings import Settings
 
 MODEL_VERSION = "1"
@@ -25,11 +27,19 @@ class ServerState:
     predictor: Predictor
     model_name: str
     runner: DirectRunner
+    decodes: Slots = field(init=False)
+    explains: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.decodes = Slots("decoding", s.decode_slots, s.queue_limit)
+        self.explains = Slots("explain", s.explain_slots, s.queue_limit)
 
     @classmethod
-    def load(cls, settings: Settings) -> ServerState:
-        """Load the bundle and build the (not yet started) runner; blocking."""
-        predictor = load_bundle(settings.bundle, settings.backend, settings.threads)
+    def load(cls, settings: Settings, predictor: Predictor | None = None) -> ServerState:
+        """Load the bundle (unless given) and build the (not yet started) runner; blocking."""
+        if predictor is None:
+            predictor = load_bundle(settings.bundle, settings.backend, settings.threads)
         runner = make_runner(
             predictor.predict_tensor, settings.batching, settings.max_batch, settings.max_wait_ms / 1000
         )
@@ -82,11 +92,20 @@ ModelDep = Annotated[str, Depends(served_model)]
 
 
 async def read_body(request: Request, state: StateDep) -> bytes:
-    """The request body in memory, refused with 413 as soon as it passes max_upload_bytes."""
-    limit = state.settings.max_upload_bytes
+    """The request body in memory: 413 as soon as it passes max_upload_bytes, 408 when it has not
+    arrived within body_timeout_s (a slow client cannot hold a connection open)."""
+    limit, timeout = state.settings.max_upload_bytes, state.settings.body_timeout_s
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    try:
+        return await asyncio.wait_for(_collect(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"request body not complete within {timeout:g} s") from None
+
+
+async def _collect(request: Request, limit: int) -> bytes:
+    """The streamed body, refused with 413 past `limit` bytes."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -96,3 +115,23 @@ async def read_body(request: Request, state: StateDep) -> bytes:
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
+
+
+def served_version(version: Annotated[str, Path(description="model version; this server has '1'")]) -> None:
+    """404 unless the path names the one version served."""
+    if version != MODEL_VERSION:
+        raise HTTPException(404, f"version {version!r} not found; this model has version {MODEL_VERSION!r}")
+
+
+def served_label(
+    label: Annotated[str, Path(description=f"version label: {', '.join(VERSION_LABELS)}")],
+) -> None:
+    """404 unless the path names a label of the one version served."""
+    if label not in VERSION_LABELS:
+        raise HTTPException(404, f"label {label!r} not found; labels: {', '.join(VERSION_LABELS)}")
+
+
+VERSION_LABELS = ("stable", "latest")
+VERSIONED: dict[str, list[Any]] = {"": [], "/versions/{version}": [Depends(served_version)]}
+"""Path suffixes after /{name} that address the served version, with the dependency checking each."""
+LABELLED: dict[str, list[Any]] = {**VERSIONED, "/labels/{label}": [Depends(served_label)]}

@@ -25,7 +25,8 @@ that trigger full collections of every object the server holds (~100 ms a reques
 
 
 def parse_json(body: bytes, model: type[BaseModel]) -> Any:
-    """Validate a JSON body: 400 when it is not JSON, 422 when its fields are wrong."""
+    """Validate a JSON body: 400 `{"error": ...}` when it is not JSON or its fields are wrong (as
+    TF Serving and KServe answer)."""
     if not body:
         raise HTTPException(400, "empty request body; expected a JSON object")
     try:
@@ -35,12 +36,17 @@ def parse_json(body: bytes, model: type[BaseModel]) -> Any:
         if any(err["type"] == "json_invalid" for err in errors):
             raise HTTPException(400, f"malformed JSON: {errors[0]['msg']}") from None
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
-        raise HTTPException(422, f"invalid request: {problems}") from None
+        raise HTTPException(400, f"invalid request: {problems}") from None
 
 
-def image_tensor(data: bytes, spec: Preprocess, max_pixels: int, name: str = UPLOAD_NAME) -> np.ndarray:
-    """Encoded image bytes -> the model's (C, H, W) float32 input; ImageError when undecodable."""
-    return preprocess(decode_bytes(data, name, max_pixels), spec).numpy()
+def image_tensor(
+    data: bytes, spec: Preprocess, max_pixels: int, name: str = UPLOAD_NAME, max_side: int | None = None
+) -> np.ndarray:
+    """Encoded image bytes -> the model's (C, H, W) float32 input; ImageError when undecodable.
+
+    `max_side` (at least the model's input size) lets the decoder reduce a large image on the way."""
+    side = None if max_side is None else max(max_side, spec.size)
+    return preprocess(decode_bytes(data, name, max_pixels, side), spec).numpy()
 
 
 def b64_bytes(value: Any, where: str) -> bytes:
@@ -81,24 +87,62 @@ def array_instance(value: Any, spec: Preprocess, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def instance_tensor(value: Any, spec: Preprocess, max_pixels: int, where: str) -> np.ndarray:
-    """One TF-Serving instance ({"b64": ...}, {"input": ...} or an array) -> (C, H, W) float32."""
+FLOAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "serving_bytes"
+FLOAT_INPUT, BYTES_INPUT = "input", "image_bytes"
+SIGNATURES = (FLOAT_SIGNATURE, BYTES_SIGNATURE)
+
+
+def instance_tensor(
+    value: Any,
+    spec: Preprocess,
+    max_pixels: int,
+    where: str,
+    signature: str | None = None,
+    max_side: int | None = None,
+) -> np.ndarray:
+    """One TF-Serving instance -> (C, H, W) float32.
+
+    serving_default takes H x W x C arrays (or {"input": array}); serving_bytes takes encoded images,
+    {"b64": ...} or {"image_bytes": {"b64": ...}}; with no signature each instance's form decides.
+    """
+    if isinstance(value, dict) and set(value) == {FLOAT_INPUT}:  # named input, as TF Serving allows
+        value = value[FLOAT_INPUT]
+    if isinstance(value, dict) and set(value) == {BYTES_INPUT}:
+        value = value[BYTES_INPUT]
+        if not (isinstance(value, dict) and set(value) == {"b64"}):
+            raise HTTPException(400, f'{where}: {BYTES_INPUT!r} must be {{"b64": "<image file, base64>"}}')
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        if signature == FLOAT_SIGNATURE:
+            raise HTTPException(
+                400, f"{where}: {FLOAT_SIGNATURE!r} takes DT_FLOAT arrays; send images to {BYTES_SIGNATURE!r}"
+            )
+        return image_tensor(b64_bytes(value["b64"], where), spec, max_pixels, where, max_side)
+    if signature == BYTES_SIGNATURE:
+        raise HTTPException(400, f'{where}: {BYTES_SIGNATURE!r} takes DT_STRING images as {{"b64": "..."}}')
     if isinstance(value, dict):
-        if set(value) == {"b64"}:
-            return image_tensor(b64_bytes(value["b64"], where), spec, max_pixels, where)
-        if set(value) == {"input"}:
-            return instance_tensor(value["input"], spec, max_pixels, where)
         raise HTTPException(400, f'{where}: an object instance must be {{"b64": ...}} or {{"input": ...}}')
     return array_instance(value, spec, where)
 
 
-def batch_tensor(values: list[Any], spec: Preprocess, max_pixels: int, max_instances: int) -> np.ndarray:
+def batch_tensor(
+    values: list[Any],
+    spec: Preprocess,
+    max_pixels: int,
+    max_instances: int,
+    signature: str | None = None,
+    max_side: int | None = None,
+) -> np.ndarray:
     """A list of instances -> (N, C, H, W) float32, refusing an empty or over-long list."""
     if not values:
         raise HTTPException(400, "no instances given")
     if len(values) > max_instances:
         raise HTTPException(413, f"{len(values)} instances exceed the limit of {max_instances} per request")
-    return np.stack([instance_tensor(v, spec, max_pixels, f"instance {i}") for i, v in enumerate(values)])
+    return np.stack(
+        [
+            instance_tensor(v, spec, max_pixels, f"instance {i}", signature, max_side)
+            for i, v in enumerate(values)
+        ]
+    )
 
 
 def nhwc_batch(rows: NHWCRows, spec: Preprocess, max_instances: int) -> np.ndarray | None:

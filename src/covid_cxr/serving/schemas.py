@@ -18,11 +18,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "bad input: not an image, truncated, wrong shape or dtype, malformed JSON",
         401: "missing or wrong API key",
-        404: "unknown model name",
+        404: "unknown model name or version",
+        408: "request body not complete within body_timeout_s",
         413: "body over max_upload_bytes or more instances than max_instances",
-        422: "invalid fields or parameters",
+        422: "invalid query parameters of /explain",
+        503: "server busy (too many decodes or explanations at once); retry after Retry-After seconds",
     }.items()
 }
+
+
+class ModelCard(BaseModel):
+    """What the bundle says about the model: intended use, training data and its own metrics."""
+
+    run: str | None = None
+    created: str | None = None
+    intended_use: str
+    training_data: str
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
 class Health(BaseModel):
@@ -34,6 +46,7 @@ class Health(BaseModel):
     backend: str
     auth_required: bool
     intended_use: str
+    model_card: ModelCard
 
 
 class ClassResult(BaseModel):
@@ -91,22 +104,32 @@ class TFExplainResponse(BaseModel):
 
 
 class V2Tensor(BaseModel):
-    """A KServe v2 / Open Inference Protocol tensor."""
+    """A KServe v2 / Open Inference Protocol tensor; `data` is absent when it travels as binary
+    (`parameters.binary_data_size` bytes after the JSON header)."""
 
     model_config = ConfigDict(extra="ignore")
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    """An output the client asks for, optionally as binary data (`parameters.binary_data`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
     parameters: dict[str, Any] | None = None
 
 
 class V2InferRequest(BaseModel):
-    """POST /v2/models/{name}/infer body."""
+    """POST /v2/models/{name}[/versions/1]/infer body (or its JSON header, with binary tensors)."""
 
     model_config = ConfigDict(extra="ignore")
     id: str | None = None
     inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[V2RequestedOutput] | None = None
     parameters: dict[str, Any] | None = None
 
 

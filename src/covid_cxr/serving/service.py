@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 import cv2
 import numpy as np
 from fastapi import HTTPException
 
+from covid_cxr.bundle import INTENDED_USE
 from covid_cxr.data.images import decode_bytes
 from covid_cxr.explain.cam import METHODS, explain
 from covid_cxr.explain.overlay import encode_png, to_rgb
 from covid_cxr.predictor import Predictor
 from covid_cxr.serving.deps import ServerState
-from covid_cxr.serving.schemas import ExplainResult
+from covid_cxr.serving.schemas import ExplainResult, ModelCard
 
 DISPLAY_MAX_SIDE = 1024  # overlay and image come back at most this large (display size, not model input)
 
@@ -23,6 +25,28 @@ def by_class(predictor: Predictor, row: np.ndarray) -> tuple[dict[str, float], s
     """One probability row -> ({class: p}, most probable class)."""
     probabilities = {c: float(p) for c, p in zip(predictor.classes, row, strict=True)}
     return probabilities, predictor.classes[int(np.argmax(row))]
+
+
+def model_card(info: dict[str, Any]) -> ModelCard:
+    """The bundle's description of the model (bundle.json, read through predictor.info)."""
+    data = info.get("training_data")
+    if isinstance(data, dict):
+        data = "; ".join(f"{key}: {value}" for key, value in data.items())
+    if not data:
+        fingerprint = str(info.get("data_fingerprint") or "unknown")
+        data = f"not described in the bundle; training-data fingerprint {fingerprint[:16]}"
+    metrics = {
+        key: float(value)
+        for key, value in (info.get("metrics") or {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    return ModelCard(
+        run=(info.get("run") or {}).get("name"),
+        created=info.get("created"),
+        intended_use=str(info.get("intended_use") or INTENDED_USE),
+        training_data=str(data),
+        metrics=metrics,
+    )
 
 
 def check_method(method: str) -> str:
@@ -37,7 +61,7 @@ def explain_bytes(
 ) -> ExplainResult:
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
-    image = decode_bytes(data, name, state.settings.max_pixels)
+    image = decode_bytes(data, name, state.settings.max_pixels, state.settings.max_side)
     result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(

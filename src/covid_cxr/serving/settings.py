@@ -38,16 +38,42 @@ class Settings(BaseModel):
     max_batch: int = Field(16, ge=1, description="most rows in one gathered model call")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a request waits for company")
     cam_method: str = Field("gradcam", description="default explanation method of /explain")
+    max_side: int = Field(
+        1024, ge=16, description="decoders reduce larger images to about this side while decoding"
+    )
+    decode_slots: int = Field(2, ge=1, description="requests decoding or parsing at once (per worker)")
+    explain_slots: int = Field(1, ge=1, description="explanations computed at once (per worker)")
+    queue_limit: int = Field(64, ge=0, description="requests waiting for a slot; beyond them: 503")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this time")
+    allowed_hosts: tuple[str, ...] = Field(
+        ("*",), description="Host header values accepted (DNS-rebinding guard); '*' accepts any"
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key would silently turn authentication off (or accept an empty header): refuse it."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("the API key is empty; give a non-empty key or none at all")
+        return value
 
     @field_validator("cam_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
         """Refuse an explanation method pytorch-grad-cam does not have, at startup rather than per request."""
+        if value == "gradcam":  # the default: no need to import torch (the --workers parent never does)
+            return value
         from covid_cxr.explain.cam import METHODS
 
         if value not in METHODS:
             raise ValueError(f"unknown CAM method {value!r}; valid: {', '.join(METHODS)}")
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """Accept "a,b" (the environment variable's form) as well as a list."""
+        return tuple(h.strip() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +89,11 @@ class Settings(BaseModel):
             value = getattr(self, name)
             if value is None:
                 continue
-            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
             env[ENV_PREFIX + name.upper()] = text
         return env

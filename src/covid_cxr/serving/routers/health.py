@@ -10,6 +10,7 @@ from covid_cxr import __version__
 from covid_cxr.bundle import INTENDED_USE
 from covid_cxr.serving.deps import StateDep
 from covid_cxr.serving.schemas import Health
+from covid_cxr.serving.service import model_card
 
 router = APIRouter(tags=["health"])
 
@@ -23,6 +24,7 @@ def healthz(state: StateDep) -> Health:
         backend=state.predictor.backend,
         auth_required=state.settings.api_key is not None,
         intended_use=INTENDED_USE,
+        model_card=model_card(state.predictor.info),
     )
 
 
@@ -41,4 +43,4 @@ def ready(state: StateDep) -> dict[str, bool]:
 @router.get("/v2")
 def server_metadata() -> dict[str, Any]:
     """KServe v2 server metadata."""
-    return {"name": "covid-cxr", "version": __version__, "extensions": []}
+    return {"name": "covid-cxr", "version": __version__, "extensions": ["binary_tensor_data"]}

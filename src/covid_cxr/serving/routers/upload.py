@@ -35,8 +35,9 @@ _UPLOAD_DOC = {
 async def predict_upload(request: Request, state: StateDep, body: BodyDep) -> ClassResult:
     """Class probabilities of one uploaded image (multipart field `file`, or the raw file as the body)."""
     data, name = upload_bytes(body, request.headers.get("content-type"))
-    spec, max_pixels = state.predictor.preprocess, state.settings.max_pixels
-    x = await asyncio.to_thread(image_tensor, data, spec, max_pixels, name)
+    spec, s = state.predictor.preprocess, state.settings
+    async with state.decodes.slot():
+        x = await asyncio.to_thread(image_tensor, data, spec, s.max_pixels, name, s.max_side)
     probabilities, predicted = by_class(state.predictor, (await state.runner.run(x[None]))[0])
     return ClassResult(model=state.model_name, probabilities=probabilities, predicted=predicted)
 
@@ -51,4 +52,5 @@ async def explain_upload(
 ) -> ExplainResult:
     """Probabilities plus the class-activation overlay and the decoded image (base64 PNGs)."""
     data, name = upload_bytes(body, request.headers.get("content-type"))
-    return await asyncio.to_thread(explain_bytes, state, data, name, target, method)
+    async with state.explains.slot():
+        return await asyncio.to_thread(explain_bytes, state, data, name, target, method)

@@ -2,6 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+let lastFile = null; // re-sent when the API key is entered after a 401
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -20,9 +21,29 @@ async function loadInfo() {
     $("model-info").textContent =
       `Model “${info.model}” — classes: ${info.classes.join(", ")} (${info.intended_use}).`;
     $("key-row").hidden = !info.auth_required;
+    showCard(info.model_card);
   } catch (err) {
     $("model-info").textContent = "The server did not answer; is it running?";
   }
+}
+
+function showCard(card) {
+  if (!card) return;
+  $("card-use").textContent = card.intended_use;
+  $("card-data").textContent = card.training_data;
+  const metrics = Object.entries(card.metrics || {}).map(([k, v]) => `${k} ${v.toFixed(3)}`);
+  $("card-metrics").textContent = metrics.length ? metrics.join(", ") : "none recorded in the bundle";
+  $("card-run").textContent = [card.run, card.created].filter(Boolean).join(", ") || "—";
+}
+
+function clearResult() {
+  $("results").hidden = true;
+  $("bars").replaceChildren();
+  $("original").removeAttribute("src");
+  $("overlay").removeAttribute("src");
+  $("file-name").textContent = "";
+  $("cam-class").textContent = "";
+  $("target-line").textContent = "";
 }
 
 function showBars(probabilities, predicted) {
@@ -66,6 +87,8 @@ async function errorMessage(response) {
 
 async function analyse(file) {
   if (!file) return;
+  lastFile = file;
+  clearResult(); // never leave the previous image's result under a new file's name or error
   setStatus(`Analysing ${file.name}…`);
   const form = new FormData();
   form.append("file", file, file.name);
@@ -78,7 +101,12 @@ async function analyse(file) {
   }
   if (!response.ok) {
     const message = await errorMessage(response);
-    if (response.status === 401) $("key-row").hidden = false;
+    if (response.status === 401) {
+      $("key-row").hidden = false;
+      $("api-key").focus();
+      setStatus(`Could not analyse ${file.name}: ${message}. Enter the key and press Enter.`, true);
+      return;
+    }
     setStatus(`Could not analyse ${file.name}: ${message}`, true);
     return;
   }
@@ -109,7 +137,13 @@ function setUpDropZone() {
   zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file-input").click(); }
   });
-  $("file-input").addEventListener("change", (event) => analyse(event.target.files[0]));
+  $("file-input").addEventListener("change", (event) => {
+    analyse(event.target.files[0]);
+    event.target.value = ""; // choosing the same file again fires "change" again
+  });
+  $("api-key").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); analyse(lastFile); }
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
