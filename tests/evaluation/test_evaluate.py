@@ -90,7 +90,7 @@ def test_metrics_agree_with_the_predictions_and_the_bundle(evaluated: tuple[Path
     predictor = load_bundle(run / "bundle")
     assert predictor.backend == "onnx"
     assert predictor.info["temperature"] == pytest.approx(result["temperature"]["value"])
-    probs = predictor.predict(preds["path"].tolist())
+    probs = predictor.predict_proba(preds["path"].tolist())
     assert probs == pytest.approx(preds[[f"p_{c}" for c in classes]].to_numpy(), abs=1e-4)
 
 

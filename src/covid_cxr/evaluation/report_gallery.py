@@ -92,7 +92,7 @@ def _predict_rows(predictor: Predictor, paths: list[str], labels: list[str], bat
             except CxrError as exc:
                 log.warning("gallery: skipping %s: %s", path, exc)
         if decoded:
-            probs = predictor.predict([image for _, _, image in decoded])
+            probs = predictor.predict_proba([image for _, _, image in decoded])
             rows += [
                 {
                     "path": path,
