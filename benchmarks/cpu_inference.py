@@ -4,12 +4,13 @@ Paths compared side by side, on the same random-weight model:
 
 - ``naive eager``: what a notebook does: PIL open + convert RGB, torchvision Resize/ToTensor/Normalize,
   the model in plain (contiguous) fp32 eager mode under ``torch.no_grad``;
-- ``Predictor torch``: ``load_bundle(..., backend="torch").predict`` (OpenCV decode and resize,
+- ``Predictor torch``: ``load_bundle(..., backend="torch").predict_proba`` (OpenCV decode and resize,
   channels_last model under ``inference_mode``);
 - ``Predictor onnx``: ``load_bundle(...)`` with its default backend (ONNX Runtime).
 
-Columns: latency of ``predict([one 1024x1024 PNG file])`` (decode, preprocess, model), throughput of the
-model on a preprocessed batch (``predict_tensor`` of 16 x 3 x 224 x 224) and of ``predict`` on 16 PNG files.
+Columns: latency of ``predict_proba([one 1024x1024 PNG file])`` (decode, preprocess, model), throughput
+of the model on a preprocessed batch (``predict_tensor`` of 16 x 3 x 224 x 224) and of ``predict_proba``
+on 16 PNG files.
 
     python benchmarks/cpu_inference.py                      # ~1 min on 2 cores
     python benchmarks/cpu_inference.py --archs mobilenet_v2 --repeats 50
@@ -58,7 +59,7 @@ class NaiveEager:
         self.model.eval()
         self.transform = naive_transform(size)
 
-    def predict(self, paths: list[Path]) -> np.ndarray:
+    def predict_proba(self, paths: list[Path]) -> np.ndarray:
         x = torch.stack([self.transform(Image.open(p).convert("RGB")) for p in paths])
         return self.predict_tensor(x)
 
@@ -77,11 +78,13 @@ def bench_arch(arch: str, work: Path, png: Path, args: argparse.Namespace) -> li
         "Predictor torch (channels_last)": load_bundle(bundle, backend="torch"),
         "Predictor onnx (default)": load_bundle(bundle, threads=args.ort_threads),
     }
-    single = interleaved({k: partial(r.predict, [png]) for k, r in runners.items()}, args.repeats, warmup=3)
+    single = interleaved(
+        {k: partial(r.predict_proba, [png]) for k, r in runners.items()}, args.repeats, warmup=3
+    )
     tensor = interleaved(
         {k: partial(r.predict_tensor, batch) for k, r in runners.items()}, args.batch_repeats
     )
-    e2e = interleaved({k: partial(r.predict, files) for k, r in runners.items()}, args.batch_repeats)
+    e2e = interleaved({k: partial(r.predict_proba, files) for k, r in runners.items()}, args.batch_repeats)
     print(f"  {arch} done", file=sys.stderr, flush=True)  # noqa: T201
     return [
         [

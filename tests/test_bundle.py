@@ -143,7 +143,7 @@ def test_round_trip_matches_in_memory_model(
     assert predictor.backend == backend
     assert predictor.classes == CLASSES
     assert predictor.preprocess == SPEC
-    got = predictor.predict(images, batch_size=3)
+    got = predictor.predict_proba(images, batch_size=3)
     assert got.shape == (len(images), 3)
     np.testing.assert_allclose(got, reference_probs(model, images), atol=1e-4)
 
@@ -157,7 +157,7 @@ def test_without_onnx_only_torch_is_available(tmp_path: Path, model: Classifier,
     assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.pt"]
     predictor = load_bundle(out)
     assert predictor.backend == "torch"
-    np.testing.assert_allclose(predictor.predict(images), reference_probs(model, images), atol=1e-4)
+    np.testing.assert_allclose(predictor.predict_proba(images), reference_probs(model, images), atol=1e-4)
     with pytest.raises(BundleError, match="no model.onnx"):
         load_bundle(out, backend="onnx")
 
@@ -181,7 +181,7 @@ def test_rewriting_replaces_the_bundle_atomically(
     assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.onnx", "model.pt"]
     predictor = load_bundle(out)
     assert predictor.classes == ["normal", "covid"]
-    np.testing.assert_allclose(predictor.predict(images), reference_probs(other, images), atol=1e-4)
+    np.testing.assert_allclose(predictor.predict_proba(images), reference_probs(other, images), atol=1e-4)
 
 
 def test_failed_write_keeps_the_old_bundle_and_no_temp_folder(tmp_path: Path, model: Classifier) -> None:
@@ -282,4 +282,6 @@ def test_mobilenet_rgb_round_trip_on_both_backends(tmp_path: Path, images: list[
     with torch.no_grad():
         expected = torch.softmax(model(x), dim=1).numpy()
     for backend in ("onnx", "torch"):
-        np.testing.assert_allclose(load_bundle(out, backend=backend).predict(images), expected, atol=1e-4)
+        np.testing.assert_allclose(
+            load_bundle(out, backend=backend).predict_proba(images), expected, atol=1e-4
+        )

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from covid_cxr.bundle import load_bundle
 from covid_cxr.data.images import load_image
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.errors import ImageError
 from covid_cxr.models.zoo import Classifier
-from covid_cxr.predictor import Predictor
+from covid_cxr.predictor import Prediction, Predictor
 from tests.test_bundle import CLASSES, HEAD, SPEC, image_files, tiny_model, write_tiny
 
 BACKENDS = ["onnx", "torch"]
@@ -89,26 +90,51 @@ def test_one_logit_sigmoid_head_gives_two_columns(tmp_path: Path, batch: torch.T
 
 def test_paths_bytes_and_arrays_give_the_same_probabilities(bundle: Path, images: list[Path]) -> None:
     predictor = load_bundle(bundle)
-    from_paths = predictor.predict([str(p) for p in images])
-    from_bytes = predictor.predict([p.read_bytes() for p in images], batch_size=2)
-    from_arrays = predictor.predict([load_image(p) for p in images], batch_size=1)
+    from_paths = predictor.predict_proba([str(p) for p in images])
+    from_bytes = predictor.predict_proba([p.read_bytes() for p in images], batch_size=2)
+    from_arrays = predictor.predict_proba([load_image(p) for p in images], batch_size=1)
     np.testing.assert_allclose(from_bytes, from_paths, atol=1e-6)
     np.testing.assert_allclose(from_arrays, from_paths, atol=1e-6)
 
 
-def test_predict_files_reports_each_file(bundle: Path, images: list[Path]) -> None:
+def test_predict_files_reports_each_file(bundle: Path, images: list[Path], tmp_path: Path) -> None:
     predictor = load_bundle(bundle)
-    rows = predictor.predict_files(images)
-    probs = predictor.predict(images)
-    assert [r["path"] for r in rows] == [str(p) for p in images]
-    for row, expected in zip(rows, probs, strict=True):
-        assert list(row["probabilities"]) == CLASSES
-        np.testing.assert_allclose(list(row["probabilities"].values()), expected, atol=1e-7)
-        assert row["predicted"] == CLASSES[int(np.argmax(expected))]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    results, failures = predictor.predict_files([images[0], broken, *images[1:]], batch_size=2)
+    probs = predictor.predict_proba(images)
+    assert [r.path for r in results] == [str(p) for p in images]
+    assert list(failures) == [str(broken)] and "not an image" in failures[str(broken)]
+    for result, expected in zip(results, probs, strict=True):
+        assert result.classes == CLASSES
+        np.testing.assert_allclose(list(result.probabilities.values()), expected, atol=1e-7)
+        assert result.label == CLASSES[int(np.argmax(expected))] == result.to_dict()["predicted"]
+
+
+def test_one_image_gives_one_labelled_result(bundle: Path, images: list[Path]) -> None:
+    predictor = load_bundle(bundle)
+    grey = load_image(images[0])
+    expected = predictor.predict_proba([grey])[0]
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3): one image, not a batch of H
+    for single in (rgb, grey, str(images[0]), images[0].read_bytes(), Image.fromarray(rgb)):
+        result = predictor.predict(single)
+        assert isinstance(result, Prediction), type(single)
+        np.testing.assert_allclose(list(result.probabilities.values()), expected, atol=1e-6)
+        assert result.top == (result.label, result.score)
+        assert result.label == CLASSES[int(np.argmax(expected))]
+    assert result.path is None and predictor.predict(images[0]).path == str(images[0])
+    listed = predictor.predict([rgb, Image.fromarray(grey)])
+    assert isinstance(listed, list) and [r.label for r in listed] == [result.label] * 2
+    assert predictor.predict_proba(rgb).shape == (1, len(CLASSES))
+
+
+def test_an_ambiguous_array_is_refused(bundle: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot tell one image from a batch.*\(32, 32, 7\)"):
+        load_bundle(bundle).predict(np.zeros((32, 32, 7), np.uint8))
 
 
 def test_empty_input_gives_an_empty_result(bundle: Path) -> None:
-    assert load_bundle(bundle).predict([]).shape == (0, len(CLASSES))
+    assert load_bundle(bundle).predict_proba([]).shape == (0, len(CLASSES))
 
 
 def test_bad_inputs_raise_clear_errors(bundle: Path, tmp_path: Path) -> None:
@@ -116,9 +142,9 @@ def test_bad_inputs_raise_clear_errors(bundle: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(ImageError, match="broken.png"):
-        predictor.predict([broken])
+        predictor.predict_proba([broken])
     with pytest.raises(TypeError, match="int"):
-        predictor.predict([42])
+        predictor.predict_proba([42])
     with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
         predictor.predict_tensor(np.zeros((2, 3, 32, 32), dtype=np.float32))
     with pytest.raises(ValueError, match="backend"):
@@ -128,9 +154,9 @@ def test_bad_inputs_raise_clear_errors(bundle: Path, tmp_path: Path) -> None:
 def test_torch_backend_is_thread_safe_and_in_eval_mode(bundle: Path, images: list[Path]) -> None:
     predictor = load_bundle(bundle, backend="torch")
     assert isinstance(predictor, Predictor) and not predictor.model.training
-    expected = predictor.predict(images)
+    expected = predictor.predict_proba(images)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: predictor.predict(images, batch_size=2), range(8)))
+        results = list(pool.map(lambda _: predictor.predict_proba(images, batch_size=2), range(8)))
     for got in results:
         np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not predictor.model.training

@@ -113,9 +113,9 @@ def test_evaluate_leaves_predictions_unchanged_and_compare_states_the_test_set(
 ) -> None:
     manifest = load_manifest(real_run / "manifest.csv")
     images = manifest.loc[manifest["split"] == "test", "path"].tolist()[:6]
-    before = load_bundle(real_run / "bundle").predict(images)
+    before = load_bundle(real_run / "bundle").predict_proba(images)
     _run("evaluate", str(real_run), "--bootstrap", "0", "--no-shortcut-checks", "--no-report")
-    assert load_bundle(real_run / "bundle").predict(images) == pytest.approx(before, abs=1e-7)
+    assert load_bundle(real_run / "bundle").predict_proba(images) == pytest.approx(before, abs=1e-7)
     copy = shutil.copytree(real_run, tmp_path / "r2")
     out = _run("compare", str(real_run), str(copy))
     assert "all runs were tested on the same images" in out

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 import yaml
@@ -27,6 +30,7 @@ data_app = typer.Typer(help="Read, check, inspect and synthesise datasets.", no_
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
+_INVOCATION: list[str] = []  # the arguments main() was given, to print the command that resumes a run
 
 ReaderOpt = Annotated[str, typer.Option("--reader", "-r", help="reader name, or 'auto' to detect the layout")]
 OptionOpt = Annotated[
@@ -37,17 +41,72 @@ OptionOpt = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    """--version: print the package version and exit."""
+    if value:
+        from covid_cxr import __version__
+
+        console.print(f"covid-cxr {__version__}")
+        raise typer.Exit()
+
+
+class _OursOrWarnings(logging.Filter):
+    """Without -v: covid-cxr's own INFO lines, and only warnings and errors from libraries."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] == "covid_cxr"
+
+
+_TRAINING_COMMANDS = ("train", "lr-find", "demo")
+
+
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    """Configure logging for the whole command."""
+def _setup(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="debug logging, library messages included")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Train, evaluate, explain and serve chest X-ray classifiers. Research use only, not for diagnosis."""
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    if not verbose:
+        handler.addFilter(_OursOrWarnings())
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler], force=True
     )
+    logging.captureWarnings(True)  # warnings as one WARNING log line, not file:line source echoes
+    if ctx.invoked_subcommand in _TRAINING_COMMANDS:
+        _adopt_lightning_logging()
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own pytree deprecation
-    for noisy in ("PIL", "matplotlib", "lightning.fabric", "urllib3"):
+    if not verbose:
+        _quiet_library_warnings()
+    for noisy in ("PIL", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _adopt_lightning_logging() -> None:
+    """Lightning adds its own stream handlers on import: drop them, so its lines go through ours once."""
+    import lightning  # noqa: F401 - its import adds the handlers
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def _quiet_library_warnings() -> None:
+    """Hide library warnings that say nothing to a user of the CLI (shown again with -v)."""
+    for pattern in (
+        r".*weights_only.*",
+        r".*does not have many workers.*",  # Lightning: num_workers advice for in-memory arrays
+        r".*litlogger.*",
+        r".*The number of training batches.*log_every_n_steps.*",
+        r".*module\(s\) in eval mode.*",  # a frozen backbone's BatchNorm layers, on purpose
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def parse_options(options: list[str] | None) -> dict:
@@ -71,6 +130,26 @@ def progress_bar(description: str) -> Progress:
         console=err_console,
         transient=True,
     )
+
+
+def writable_dir(path: Path, what: str = "--out") -> Path:
+    """Create `path` when needed and prove a file can be written there, before any work starts."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CxrError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def _writable_cache() -> Path:
+    """The preprocessing cache folder, checked writable ($COVID_CXR_CACHE or ~/.cache/covid-cxr)."""
+    from covid_cxr.data.cache import default_cache_root
+
+    return writable_dir(default_cache_root(), "cache folder ($COVID_CXR_CACHE)")
 
 
 def _read(source: Path, reader: str, options: list[str] | None):
@@ -110,7 +189,7 @@ def data_check(
             console.print("Reader: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
         render_report(report, console)
     if not report.usable:
-        raise typer.Exit(1)
+        raise CxrError(f"{source}: not usable for training: {report.unusable_reason}")
 
 
 @data_app.command("inspect")
@@ -124,6 +203,7 @@ def data_inspect(
     """Write PNG figures: class counts, size and intensity histograms, a sample grid per class."""
     from covid_cxr.data.figures import inspect_figures
 
+    writable_dir(out)
     result = _read(source, reader, option)
     for path in inspect_figures(result.manifest, out, per_class=per_class):
         console.print(f"wrote {path}")
@@ -162,16 +242,19 @@ def data_synth(
 
 @app.command("presets")
 def presets() -> None:
-    """List the presets: each reproduces one seed notebook's pipeline."""
+    """List the presets: each reproduces one seed notebook's pipeline.
+
+    The seeds are the notebooks this project reproduces: 000 Pinto, 001 Xu, 002 COVIDLite, 003 Li, 004 MachineCurve.
+    """  # noqa: E501 - typer keeps a docstring's line breaks
     from rich.table import Table
 
     from covid_cxr.training.presets import list_presets
 
-    table = Table(title="Presets")
-    for column in ("name", "description", "seed"):
-        table.add_column(column)
+    table = Table(title="Presets (covid-cxr train --preset NAME)", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it trains, and the seed it reproduces", overflow="fold")
     for info in list_presets():
-        table.add_row(info.name, info.description, info.seed_ref)
+        table.add_row(escape(info.name), f"{escape(info.description)}\n[dim]seed {escape(info.seed_ref)}[/]")
     console.print(table)
 
 
@@ -229,7 +312,9 @@ def train(
     data_overrides += [f"data.reader_options.{k}={json.dumps(v)}" for k, v in parse_options(option).items()]
     named = [] if any(o.startswith("name=") for o in overrides or []) else [f"name={out.resolve().name}"]
     cfg = _config(preset, config, [*named, *data_overrides, *(overrides or []), *extra])
-    result = train_run(cfg, data, out, resume=resume, folds=folds, overwrite=overwrite)
+    writable_dir(out), _writable_cache()
+    with _on_interrupt(_resume_command()):
+        result = train_run(cfg, data, out, resume=resume, folds=folds, overwrite=overwrite)
     console.print(f"run folder: {result.out}")
     if result.metrics:
         console.print("test metrics: " + json.dumps(result.metrics, default=str))
@@ -253,6 +338,26 @@ def calibrate(
     console.print(describe(info.calibration, info.temperature))
 
 
+@contextmanager
+def _on_interrupt(resume_command: str) -> Iterator[None]:
+    """Ctrl-C during training: say where it stopped, where the bundle is and how to go on; exit 130."""
+    from covid_cxr.errors import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as stop:
+        err_console.print(f"{stop}; continue with: {escape(resume_command)}", soft_wrap=True)
+        if stop.bundle is not None:
+            err_console.print(f"bundle of the best epoch so far (marked interrupted): {stop.bundle}")
+        raise typer.Exit(130) from None
+
+
+def _resume_command() -> str:
+    """The command line being run, with --resume added."""
+    words = _INVOCATION or ["train", "..."]
+    return shlex.join(["covid-cxr", *words, *([] if "--resume" in words else ["--resume"])])
+
+
 @app.command("lr-find")
 def lr_find(
     data: DataOpt,
@@ -264,7 +369,9 @@ def lr_find(
     """Learning-rate range test (seed 000): suggests a learning rate and saves the plot."""
     from covid_cxr.training.lr_find import lr_find as run_lr_find
 
-    suggested, plot = run_lr_find(_config(preset, config, overrides), data, out)
+    cfg = _config(preset, config, overrides)
+    writable_dir(out), _writable_cache()
+    suggested, plot = run_lr_find(cfg, data, out)
     console.print(f"suggested learning rate: {suggested:.3g}\nplot: {plot}")
 
 
@@ -274,47 +381,72 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="image files or folders (PNG, JPEG, DICOM)")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Class probabilities per image, with the bundle's own preprocessing."""
+    """Class probabilities per image, with the bundle's own preprocessing.
+
+    Every readable image is predicted; unreadable or missing ones are listed with the reason at the end, and the exit code is then 1.
+    """  # noqa: E501 - typer keeps a docstring's line breaks
     from rich.table import Table
 
     from covid_cxr.bundle import load_bundle
 
-    files = _image_files(images)
-    if not files:
-        raise CxrError("no image files given")
+    files, failures = _image_files(images)
     predictor = load_bundle(_bundle_dir(bundle))
-    results = predictor.predict_files(files)
+    results, unreadable = predictor.predict_files(files) if files else ([], {})
+    failures.update(unreadable)
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        payload = [r.to_dict() for r in results]
+        failed = [{"path": path, "error": reason} for path, reason in failures.items()]
+        typer.echo(json.dumps(payload + failed, indent=2))
+    elif results:
+        table = Table(title="Predictions (research use only, not for diagnosis)")
+        table.add_column("image", overflow="fold")
+        for name in predictor.classes:
+            table.add_column(name, justify="right")
+        table.add_column("predicted", overflow="fold")
+        for item in results:
+            table.add_row(
+                escape(Path(item.path).name),
+                *(f"{item.probabilities[c]:.3f}" for c in predictor.classes),
+                item.label,
+            )
+        console.print(table)
+    _report_failures(failures, len(results))
+
+
+def _report_failures(failures: dict[str, str], done: int) -> None:
+    """List every file that could not be used, then exit 1; nothing when all went well."""
+    if not failures:
         return
-    table = Table(title="Predictions (research use only, not for diagnosis)")
-    table.add_column("image")
-    for name in predictor.classes:
-        table.add_column(name, justify="right")
-    table.add_column("predicted")
-    for item in results:
-        table.add_row(
-            Path(item["path"]).name,
-            *(f"{item['probabilities'][c]:.3f}" for c in predictor.classes),
-            item["predicted"],
-        )
-    console.print(table)
+    for path, reason in failures.items():
+        err_console.print(f"[bold red]error:[/] {escape(reason)}: {escape(path)}", soft_wrap=True)
+    err_console.print(f"{len(failures)} of {len(failures) + done} images failed")
+    raise typer.Exit(1)
 
 
 def _bundle_dir(path: Path) -> Path:
-    """Accept a run folder (runs/NAME) or its bundle folder."""
+    """Accept a run folder (runs/NAME) or its bundle folder; CxrError when neither exists."""
+    if not path.exists():
+        raise CxrError(f"run not found: {path}")
     return path / "bundle" if (path / "bundle" / "bundle.json").is_file() else path
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to the images inside them."""
+def _image_files(paths: list[Path]) -> tuple[list[Path], dict[str, str]]:
+    """Files as given, folders expanded to the images inside them; missing paths with their reason."""
     from covid_cxr.data.manifest import is_image_file
 
-    return [
-        f
-        for p in paths
-        for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if is_image_file(x)))
-    ]
+    files: list[Path] = []
+    missing: dict[str, str] = {}
+    for p in paths:
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(x for x in p.rglob("*") if is_image_file(x))
+            files += found
+            if not found:
+                missing[str(p)] = "folder holds no image files"
+        else:
+            missing[str(p)] = "file not found"
+    return files, missing
 
 
 def _test_split_images(run: Path) -> list[Path]:
@@ -469,10 +601,12 @@ def explain(
     from covid_cxr.bundle import load_bundle
     from covid_cxr.explain.cam import explain_batch
 
-    files = _image_files(images) if images else _test_split_images(bundle)
+    folder = _bundle_dir(bundle)
+    files, failures = _image_files(images) if images else (_test_split_images(bundle), {})
     if not files:
-        raise CxrError("no image files to explain")
-    predictor = load_bundle(_bundle_dir(bundle))
+        raise CxrError("no image files to explain" + "".join(f"; {r}: {p}" for p, r in failures.items()))
+    writable_dir(out)
+    predictor = load_bundle(folder)
     written = explain_batch(
         predictor,
         files,
@@ -591,7 +725,9 @@ def _demo_train(out: Path, phantoms: Path) -> None:
 
     console.rule("4. train (preset 'demo')")
     run = out / "runs" / "demo"
-    result = train_run(_config("demo", None, []), phantoms, run)
+    resume = shlex.join(["covid-cxr", "train", "-d", str(phantoms), "--out", str(run), "-p", "demo"])
+    with _on_interrupt(f"{resume} --resume"):
+        result = train_run(_config("demo", None, []), phantoms, run)
     console.print(f"test metrics: {json.dumps(result.metrics, default=str)}")
     console.rule("5. predict with the bundle")
     samples = sorted(phantoms.glob("*/*.png"))[::60][:5]
@@ -619,13 +755,93 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     )
 
 
-def main() -> None:
-    """Entry point: run the app, printing CxrError messages without a traceback (exit 2)."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line `error: ...` and exit 2 for our errors and for OSErrors on user paths."""
+    _INVOCATION[:] = sys.argv[1:] if argv is None else argv
+    command = typer.main.get_command(app)
+    _polish_help(command)
     try:
-        app()
+        command(argv, prog_name="covid-cxr")
     except CxrError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:  # an unwritable folder, a full disk, a file that vanished
+        _fail(_os_message(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+EXAMPLES = {
+    "presets": "covid-cxr presets",
+    "train": "covid-cxr train -d data/radiography -p pinto-vgg16 --out runs/vgg16 -s train.epochs=3",
+    "lr-find": "covid-cxr lr-find -d data/radiography -p demo --out runs/lr",
+    "predict": "covid-cxr predict runs/demo chest.png scans/ --json",
+    "evaluate": "covid-cxr evaluate runs/demo --data other-hospital/ --bootstrap 1000",
+    "report": "covid-cxr report runs/demo",
+    "compare": "covid-cxr compare runs/vgg16 runs/resnet50 --csv table.csv",
+    "explain": "covid-cxr explain runs/demo chest.png --method gradcam++",
+    "export": "covid-cxr export runs/demo --triton model-repo/",
+    "serve": "covid-cxr serve runs/demo --port 8000",
+    "demo": "covid-cxr demo --out demo-output",
+    "data check": "covid-cxr data check data/radiography --json",
+    "data inspect": "covid-cxr data inspect data/radiography --out figures/",
+    "data synth": "covid-cxr data synth phantoms/ --n 300 --size 128",
+}
+_METAVARS = {"path": "PATH", "str": "TEXT", "int": "N", "float": "X"}
+
+
+def _polish_help(command: Any, path: str = "") -> None:
+    """Help a user reads: an example under every command, metavars PATH/TEXT/N, none on flags."""
+    if path in EXAMPLES and not command.epilog:
+        command.epilog = f"Example: {EXAMPLES[path]}"
+    for param in command.params:
+        if param.metavar is None:
+            _set_metavar(param)
+    command.get_help_option = _flag_without_type(command.get_help_option)
+    for name, sub in getattr(command, "commands", {}).items():
+        _polish_help(sub, f"{path} {name}".strip())
+
+
+def _set_metavar(param: Any) -> None:
+    """PATH, TEXT, N or X instead of typer's <path>, <list[str]>, <bool>; arguments by name, unbraced."""
+    if getattr(param, "is_flag", False):
+        param.metavar = ""
+        return
+    if param.param_type_name == "argument":
+        name = param.name.upper()
+        param.metavar = name + ("..." if param.nargs != 1 else "")
+        shown = param.metavar if param.required else f"[{param.metavar}]"
+        param.get_usage_pieces = lambda ctx: [shown]  # typer writes {name}
+        param.display_type_rich = lambda ctx: None  # typer: <path>, <list[Path]>
+        return
+    kind = param.display_type(None).strip("<>").removeprefix("list[").removesuffix("]")
+    param.metavar = _METAVARS.get(kind, kind.upper())
+
+
+def _flag_without_type(get_help_option: Any) -> Any:
+    """A command's get_help_option whose --help shows no <bool>."""
+
+    def help_option(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return help_option
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `error: message` on one line (no traceback) and exit 2."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.exit(2)
+
+
+def _os_message(exc: OSError) -> str:
+    """'PATH: Permission denied' from an OSError, with the second path of a rename when there is one."""
+    if exc.filename is None:
+        return str(exc)
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{paths}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

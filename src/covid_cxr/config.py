@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from covid_cxr.data.spec import Preprocess
 
@@ -22,7 +23,9 @@ class DataConfig(_Strict):
     classes: list[str] | None = Field(None, description="keep only these labels, in this order")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.15, ge=0, lt=1, description="fraction of what remains after the test split")
-    test_per_class: int | None = Field(None, description="hold out exactly this many test images per class")
+    test_per_class: int | None = Field(
+        None, ge=1, description="hold out exactly this many test images per class"
+    )
     use_given_split: bool = Field(True, description="keep a split the source provides (Kermany train/test)")
     group_by_patient: bool = True
     balance: Literal["none", "undersample", "class_weights", "sampler"] = "none"
@@ -67,11 +70,11 @@ class HeadConfig(_Strict):
     """Classification head: pooling, hidden layers, dropout after each, final activation."""
 
     pooling: Literal["gap", "avg4", "flatten", "avg4_flatten", "none"] = "gap"
-    hidden: list[int] = Field(default_factory=list)
-    dropout: list[float] = Field(
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    dropout: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=list, description="dropout after each hidden layer (0 = none)"
     )
-    final_dropout: float = 0.0
+    final_dropout: float = Field(0.0, ge=0, lt=1)
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     output: Literal["softmax", "sigmoid"] = "softmax"
 
@@ -84,11 +87,24 @@ class ModelConfig(_Strict):
     freeze: str = Field("none", description="all | none | up to a named layer (e.g. features.14)")
     head: HeadConfig = Field(default_factory=HeadConfig)
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        """The name of a registered backbone; the error suggests the closest one."""
+        from covid_cxr.models import list_backbones  # lazy: the registry imports torch
+
+        valid = list_backbones()
+        if arch not in valid:
+            close = difflib.get_close_matches(arch, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown architecture {arch!r}; {hint}valid: {', '.join(valid)}")
+        return arch
+
 
 class EarlyStoppingConfig(_Strict):
     monitor: str = "val_loss"
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0)
     mode: Literal["min", "max"] = "min"
 
 
@@ -99,30 +115,30 @@ class CheckpointConfig(_Strict):
 
 class ReduceLROnPlateauConfig(_Strict):
     monitor: str = "val_loss"
-    factor: float = 0.1
-    patience: int = 10
-    min_delta: float = 1e-4
-    min_lr: float = 0.0
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(1e-4, ge=0)
+    min_lr: float = Field(0.0, ge=0)
     mode: Literal["min", "max"] = "min"
 
 
 class OptimConfig(_Strict):
     name: Literal["adam", "sgd", "adamw"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Strict):
     """Loop settings handed to Lightning."""
 
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
     seed: int = 42
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
-    num_workers: int = 0
+    num_workers: int = Field(0, ge=0)
     compile: bool = Field(
         False, description="torch.compile the trained model: faster steps after a one-off compilation"
     )

@@ -24,3 +24,13 @@ class ConfigError(CxrError):
 
 class BundleError(CxrError):
     """A bundle is missing, corrupt or of an unknown format version."""
+
+
+class TrainingInterrupted(CxrError):
+    """Training stopped by Ctrl-C; `bundle` is the bundle written from the best checkpoint so far, if any."""
+
+    def __init__(self, epoch: int, max_epochs: int, bundle: object = None) -> None:
+        super().__init__(f"interrupted at epoch {epoch}/{max_epochs}")
+        self.epoch = epoch
+        self.max_epochs = max_epochs
+        self.bundle = bundle

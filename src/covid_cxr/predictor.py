@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -16,16 +17,55 @@ import torch
 from torch import nn
 
 from covid_cxr.bundle_info import BundleInfo
-from covid_cxr.data.images import decode_bytes, load_image
+from covid_cxr.data.images import decode_bytes, load_image, pil_to_array
 from covid_cxr.data.preprocess import normalize, prepare
 from covid_cxr.data.spec import Preprocess
-from covid_cxr.errors import BundleError
+from covid_cxr.errors import BundleError, ImageError
 from covid_cxr.models.heads import num_outputs
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "onnx", "torch"]
-ImageInput = str | Path | np.ndarray | bytes
+ImageInput = Any  # str | Path | bytes | numpy (H, W) or (H, W, C) | PIL.Image.Image
+_CHANNELS_LAST = (1, 3, 4)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result, like a Hugging Face pipeline's: class probabilities and the top class.
+
+    Example:
+        >>> result = predictor.predict("chest.png")
+        >>> result.label, round(result.score, 3), result.probabilities
+        ('covid', 0.912, {'covid': 0.912, 'normal': 0.088})
+    """
+
+    probabilities: dict[str, float]
+    path: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """The bundle's class names, in model output order."""
+        return list(self.probabilities)
+
+    @property
+    def top(self) -> tuple[str, float]:
+        """(label, probability) of the most probable class."""
+        return max(self.probabilities.items(), key=lambda item: item[1])
+
+    @property
+    def label(self) -> str:
+        """The most probable class."""
+        return self.top[0]
+
+    @property
+    def score(self) -> float:
+        """The probability of the most probable class."""
+        return self.top[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: path, probabilities, predicted class and its probability."""
+        return {"path": self.path, "probabilities": self.probabilities, "predicted": self.label}
 
 
 class Probabilities(nn.Module):
@@ -62,7 +102,12 @@ class Predictor:
 
     Example:
         >>> predictor = covid_cxr.load_bundle("runs/demo/bundle")
-        >>> predictor.predict(["chest.png"])  # (1, C) probabilities
+        >>> predictor.predict("chest.png").label  # one image -> one Prediction
+        'covid'
+        >>> [r.score for r in predictor.predict(["a.png", "b.png"])]  # a list -> a list
+        [0.91, 0.64]
+        >>> predictor.predict_proba(["a.png", "b.png"]).shape  # (N, C) probabilities
+        (2, 2)
     """
 
     def __init__(
@@ -88,11 +133,22 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
         log.info("predictor ready: %d classes, backend %s", len(self.classes), self.backend)
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 16) -> np.ndarray:
-        """Decode, preprocess and classify images (paths, encoded bytes or uint8 arrays) -> (N, C)."""
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 16
+    ) -> Prediction | list[Prediction]:
+        """One image (path, bytes, numpy (H, W) or (H, W, C), PIL) -> one Prediction; a list -> a list."""
+        single = _is_single(images)
+        batch = [images] if single else list(images)
+        rows = self.predict_proba(batch, batch_size=batch_size)
+        results = [self._result(row, item) for row, item in zip(rows, batch, strict=True)]
+        return results[0] if single else results
+
+    def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 16) -> np.ndarray:
+        """Decode, preprocess and classify a sequence of images -> (N, C) probabilities."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = [self.predict_tensor(batch) for batch in self._batches(images, batch_size)]
+        batch = [images] if _is_single(images) else list(images)
+        out = [self.predict_tensor(x) for x in self._batches(batch, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_tensor(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -109,17 +165,36 @@ class Predictor:
         with self.lock, torch.inference_mode():
             return self._probabilities(tensor).float().numpy()
 
-    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 16) -> list[dict[str, Any]]:
-        """Per-file results for the CLI: path, probability per class and the predicted class."""
-        probs = self.predict(paths, batch_size=batch_size)
-        return [
-            {
-                "path": str(path),
-                "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
-                "predicted": self.classes[int(np.argmax(row))],
-            }
-            for path, row in zip(paths, probs, strict=True)
-        ]
+    def predict_files(
+        self, paths: Sequence[str | Path], batch_size: int = 16
+    ) -> tuple[list[Prediction], dict[str, str]]:
+        """Every readable file classified, in order; the unreadable ones mapped to the reason."""
+        results: list[Prediction] = []
+        failures: dict[str, str] = {}
+        workers = max(1, min(batch_size, len(paths), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = [str(p) for p in paths[start : start + batch_size]]
+                decoded = dict(zip(chunk, pool.map(self._try_prepare, chunk), strict=True))
+                failures.update({p: d for p, d in decoded.items() if isinstance(d, str)})
+                ok = [p for p, d in decoded.items() if not isinstance(d, str)]
+                if ok:
+                    batch = normalize(np.stack([decoded[p] for p in ok]), self.preprocess)
+                    probs = self.predict_tensor(batch)
+                    results += [self._result(row, p) for row, p in zip(probs, ok, strict=True)]
+        return results, failures
+
+    def _try_prepare(self, path: str) -> np.ndarray | str:
+        """The prepared image of `path`, or the reason it cannot be read."""
+        try:
+            return _prepared(path, self.preprocess)
+        except ImageError as exc:
+            return exc.reason
+
+    def _result(self, row: np.ndarray, item: ImageInput) -> Prediction:
+        """A Prediction from one probability row; the path kept when the input was one."""
+        path = str(item) if isinstance(item, str | Path) else None
+        return Prediction({c: float(p) for c, p in zip(self.classes, row, strict=True)}, path)
 
     def explain(
         self, image: ImageInput, target: str | int | None = None, method: str = "gradcam", **options: Any
@@ -145,15 +220,39 @@ def _prepared(item: ImageInput, spec: Preprocess) -> np.ndarray:
     return prepare(_decode(item), spec)
 
 
+def _is_single(images: Any) -> bool:
+    """True for one image (path, bytes, PIL image, (H, W) or (H, W, C) array), False for a sequence.
+
+    A 3-D array whose last axis is not 1, 3 or 4 channels is refused rather than guessed.
+    """
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in _CHANNELS_LAST):
+            return True
+        if images.ndim == 4:
+            return False
+        raise ValueError(
+            f"cannot tell one image from a batch in an array of shape {images.shape}: pass one (H, W) or "
+            "(H, W, C) image, an (N, H, W, C) array, or a list of images"
+        )
+    return isinstance(images, str | Path | bytes | bytearray) or _is_pil(images)
+
+
+def _is_pil(item: Any) -> bool:
+    """True for a PIL image (PIL is imported only when the caller already has it loaded)."""
+    return type(item).__module__.startswith("PIL.")
+
+
 def _decode(item: ImageInput) -> np.ndarray:
-    """Turn one input (path, encoded bytes or array) into a decoded image array."""
+    """Turn one input (path, encoded bytes, array or PIL image) into a decoded image array."""
     if isinstance(item, np.ndarray):
-        return item
+        return item[..., :3] if item.ndim == 3 and item.shape[2] == 4 else item  # RGBA: alpha dropped
     if isinstance(item, bytes | bytearray):
         return decode_bytes(bytes(item))
     if isinstance(item, str | Path):
         return load_image(item)
-    raise TypeError(f"expected a path, bytes or numpy array, got {type(item).__name__}")
+    if _is_pil(item):
+        return pil_to_array(item)
+    raise TypeError(f"expected a path, bytes, numpy array or PIL image, got {type(item).__name__}")
 
 
 def _onnx_session(onnx_path: Path | None, backend: Backend, threads: int) -> Any | None:

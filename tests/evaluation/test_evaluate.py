@@ -91,18 +91,18 @@ def test_metrics_agree_with_the_predictions_and_the_bundle(evaluated: tuple[Path
     predictor = load_bundle(run / "bundle")
     assert predictor.backend == "onnx"
     assert predictor.info["temperature"] == pytest.approx(result["temperature"]["value"])
-    probs = predictor.predict(preds["path"].tolist())
+    probs = predictor.predict_proba(preds["path"].tolist())
     assert probs == pytest.approx(preds[[f"p_{c}" for c in classes]].to_numpy(), abs=1e-4)
 
 
 def test_evaluate_never_changes_the_bundle(tiny_run: Path, tmp_path: Path) -> None:
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     images = load_manifest(run / "manifest.csv")["path"].tolist()[:12]
-    before = load_bundle(run / "bundle").predict(images)
+    before = load_bundle(run / "bundle").predict_proba(images)
     files = {p.name: p.read_bytes() for p in (run / "bundle").iterdir()}
     result = evaluate_run(run, bootstrap=0, shortcut_checks=False, gallery_per_class=0)
     assert {p.name: p.read_bytes() for p in (run / "bundle").iterdir()} == files
-    assert load_bundle(run / "bundle").predict(images) == pytest.approx(before, abs=1e-7)
+    assert load_bundle(run / "bundle").predict_proba(images) == pytest.approx(before, abs=1e-7)
     assert result["temperature"]["value"] == load_bundle(run / "bundle").info["temperature"]
 
 

@@ -296,7 +296,7 @@ def test_explain_with_a_loaded_bundle_is_thread_safe(predictor_bundle: tuple[Cla
     images = [original_image((60 + i, 50), seed=i) for i in range(4)]
     serial = [explain(predictor, im, method="gradcam") for im in images]
     assert serial[0].layer == predictor.info["target_layer"] == "backbone.relu"
-    for result, probs in zip(serial, predictor.predict(images), strict=True):
+    for result, probs in zip(serial, predictor.predict_proba(images), strict=True):
         assert list(result.probabilities.values()) == pytest.approx(probs.tolist(), abs=1e-6)
     with ThreadPoolExecutor(4) as pool:  # explanations and predictions interleaved on one model
         explained = [pool.submit(explain, predictor, im) for im in images * 3]

@@ -128,7 +128,7 @@ def test_tf_predict_b64_instances_are_decoded_and_preprocessed(
     images = [png_bytes((48, 40), seed=1), png_bytes((30, 50, 3), seed=2)]
     response = client.post(f"{V1}:predict", json={"instances": [b64(data) for data in images]})
     got = np.array(response.json()["predictions"])
-    np.testing.assert_allclose(got, predictor.predict(images), atol=1e-6)
+    np.testing.assert_allclose(got, predictor.predict_proba(images), atol=1e-6)
 
 
 def test_tf_predict_mixes_named_b64_and_array_instances(client: TestClient, predictor: Predictor) -> None:
@@ -136,7 +136,7 @@ def test_tf_predict_mixes_named_b64_and_array_instances(client: TestClient, pred
     instances = [{"input": b64(image)}, x[0].tolist(), {"image_bytes": b64(image)}]
     response = client.post(f"{V1}:predict", json={"instances": instances})
     got = np.array(response.json()["predictions"])
-    np.testing.assert_allclose(got[0], predictor.predict([image])[0], atol=1e-6)
+    np.testing.assert_allclose(got[0], predictor.predict_proba([image])[0], atol=1e-6)
     np.testing.assert_allclose(got[1], predictor.predict_tensor(x.transpose(0, 3, 1, 2))[0], atol=1e-6)
     np.testing.assert_allclose(got[2], got[0], atol=1e-6)
 
@@ -249,7 +249,7 @@ def test_kserve_infer_matches_predictor(client: TestClient, predictor: Predictor
 
 def test_upload_predict_multipart_and_raw_body(client: TestClient, predictor: Predictor) -> None:
     image = png_bytes((60, 44), seed=6)
-    want = predictor.predict([image])[0]
+    want = predictor.predict_proba([image])[0]
     for response in (
         client.post("/predict", files={"file": ("chest.png", image, "image/png")}),
         client.post("/predict", content=image, headers={"content-type": "image/png"}),
@@ -266,7 +266,7 @@ def test_upload_predict_dicom(client: TestClient, predictor: Predictor) -> None:
     dicom = make_dicom(pixels, PatientName="Doe^Jane", PatientID="PID-4711")
     body = client.post("/predict", files={"file": ("x.dcm", dicom, "application/dicom")}).json()
     np.testing.assert_allclose(
-        [body["probabilities"][c] for c in CLASSES], predictor.predict([dicom])[0], atol=1e-6
+        [body["probabilities"][c] for c in CLASSES], predictor.predict_proba([dicom])[0], atol=1e-6
     )
 
 
@@ -279,7 +279,7 @@ def test_upload_explain_returns_overlay_and_image(client: TestClient, predictor:
     assert response.status_code == 200
     body = response.json()
     np.testing.assert_allclose(
-        [body["probabilities"][c] for c in CLASSES], predictor.predict([image])[0], atol=1e-5
+        [body["probabilities"][c] for c in CLASSES], predictor.predict_proba([image])[0], atol=1e-5
     )
     assert body["target_class"] == body["predicted"] and body["method"] == "gradcam"
     overlay, shown = decode_png_b64(body["overlay_png"]), decode_png_b64(body["image_png"])
@@ -312,7 +312,7 @@ def test_tf_explain_b64_instances(client: TestClient, predictor: Predictor) -> N
     assert len(explanations) == 2
     for item, data in zip(explanations, images, strict=True):
         np.testing.assert_allclose(
-            list(item["probabilities"].values()), predictor.predict([data])[0], atol=1e-5
+            list(item["probabilities"].values()), predictor.predict_proba([data])[0], atol=1e-5
         )
         assert decode_png_b64(item["overlay_png"]).shape[:2] == decode_bytes(data).shape[:2]
 

@@ -81,7 +81,7 @@ def test_tritonclient_sends_encoded_images_as_bytes(
     tensor = httpclient.InferInput("image", [2], "BYTES")
     tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
     got = triton.infer(MODEL_NAME, [tensor]).as_numpy("probabilities")
-    np.testing.assert_allclose(got, predictor.predict(images), atol=1e-5)
+    np.testing.assert_allclose(got, predictor.predict_proba(images), atol=1e-5)
 
 
 def test_tritonclient_unknown_output_is_refused(triton: httpclient.InferenceServerClient) -> None:
@@ -106,6 +106,6 @@ def test_tf_serving_client_predicts_on_the_version_path(live_server: str, predic
         image = png_bytes(seed=6)
         body = {"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(image).decode()}]}
         labelled = http.post(f"{live_server}/v1/models/{MODEL_NAME}/labels/stable:predict", json=body)
-        np.testing.assert_allclose(labelled.json()["predictions"], predictor.predict([image]), atol=1e-5)
+        np.testing.assert_allclose(labelled.json()["predictions"], predictor.predict_proba([image]), atol=1e-5)
         refused = http.post(f"{base}:predict", json=[1, 2])
         assert refused.status_code == 400 and "error" in refused.json()

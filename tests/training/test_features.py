@@ -123,7 +123,7 @@ def test_bundle_of_a_feature_run_holds_the_trained_head(runs: dict) -> None:
     result = runs["cached"][0]
     manifest = pd.read_csv(result.out / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
-    probs = load_bundle(result.bundle).predict(test["path"].tolist())
+    probs = load_bundle(result.bundle).predict_proba(test["path"].tolist())
     classes = sorted(manifest["label"].unique())
     accuracy = float(np.mean(np.array(classes)[probs.argmax(axis=1)] == test["label"].to_numpy()))
     assert accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)

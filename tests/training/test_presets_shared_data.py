@@ -63,5 +63,5 @@ def test_preset_runs_end_to_end_on_real_images(name: str, small_radiography: Pat
     predictor = load_bundle(result.bundle)
     expected = ["COVID", "Normal"] if name == "xu-vgg16-binary" else ["COVID", "Normal", "Viral Pneumonia"]
     assert sorted(predictor.classes) == expected
-    probs = predictor.predict([str(next((Path(p) for p in pd.read_csv(small_radiography)["path"])))])
+    probs = predictor.predict_proba([str(next((Path(p) for p in pd.read_csv(small_radiography)["path"])))])
     assert probs.shape == (1, len(expected)) and abs(float(probs.sum()) - 1.0) < 1e-4

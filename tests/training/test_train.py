@@ -125,7 +125,7 @@ def test_bundle_reproduces_the_test_accuracy(phantom_run) -> None:
     manifest = pd.read_csv(out / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
     predictor = load_bundle(out / "bundle")
-    probs = predictor.predict(test["path"].tolist())
+    probs = predictor.predict_proba(test["path"].tolist())
     predicted = np.array(predictor.classes)[probs.argmax(axis=1)]
     assert np.mean(predicted == test["label"].to_numpy()) == pytest.approx(
         result.metrics["test_accuracy"], abs=1e-6
@@ -161,7 +161,7 @@ def test_kfold_with_sigmoid_head_class_weights_and_augmentation(tmp_path: Path) 
         assert set(fold.loc[fold["split"] == "test", "path"]) == set(top.loc[top["split"] == "test", "path"])
     predictor = load_bundle(result.folds[0].bundle)
     assert predictor.classes == ["normal", "covid"]
-    probs = predictor.predict(top["path"].head(3).tolist())
+    probs = predictor.predict_proba(top["path"].head(3).tolist())
     assert probs.shape == (3, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 

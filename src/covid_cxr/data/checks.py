@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -494,47 +495,42 @@ def _summary_table(report: CheckReport) -> Table:
 
 
 def _class_table(report: CheckReport) -> Table:
-    """Seed 002's Table 2 (size range per class) plus counts, grey levels and source dependence."""
-    table = Table(title="Classes")
-    for name in (
-        "Image Class",
-        "Images",
-        "Readable",
-        "Min Width",
-        "Max Width",
-        "Min Height",
-        "Max Height",
-        "Pixel mean",
-        "Pixel std",
-        "Largest source share",
-    ):
-        table.add_column(name, justify="left" if name == "Image Class" else "right")
-    share = {d.label: f"{100 * d.share:.1f}% ({d.source})" for d in report.class_dependence}
+    """Seed 002's Table 2 (size range per class) plus counts, grey levels and source dependence.
+
+    Narrow enough for 80 columns: the class name is never cut, ranges share one column.
+    """
+    table = Table(title="Classes", caption="grey: pixel mean ± std (0-255); top source: largest source share")
+    table.add_column("class", no_wrap=True)
+    for name in ("images", "readable", "width", "height", "grey", "top source"):
+        table.add_column(name, justify="right", overflow="fold")
+    share = {d.label: f"{100 * d.share:.0f}%" for d in report.class_dependence}
     for c in report.classes:
         table.add_row(
-            c.label,
+            escape(c.label),
             str(c.images),
             str(c.readable),
-            _fmt(c.min_width),
-            _fmt(c.max_width),
-            _fmt(c.min_height),
-            _fmt(c.max_height),
-            _fmt(c.pixel_mean),
-            _fmt(c.pixel_std),
+            _range(c.min_width, c.max_width),
+            _range(c.min_height, c.max_height),
+            f"{_fmt(c.pixel_mean, 0)} ± {_fmt(c.pixel_std, 0)}",
             share.get(c.label, "-"),
         )
     return table
+
+
+def _range(low: float | None, high: float | None) -> str:
+    """'224' when both ends agree, else '200-1024'."""
+    return _fmt(low) if low == high else f"{_fmt(low)}-{_fmt(high)}"
 
 
 def _crosstab_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
     """Readable images per label and per value of another column (source, split)."""
     values = sorted({s for row in counts.values() for s in row})
     table = Table(title=title)
-    table.add_column("label")
+    table.add_column("label", no_wrap=True)
     for value in values:
-        table.add_column(value, justify="right")
+        table.add_column(escape(value), justify="right", overflow="fold")
     for label, row in counts.items():
-        table.add_row(label, *(str(row.get(v, 0)) for v in values))
+        table.add_row(escape(label), *(str(row.get(v, 0)) for v in values))
     return table
 
 

@@ -83,6 +83,11 @@ def _reduce(im: Image.Image, factor: int) -> Image.Image:
         return im.convert("L" if im.mode.startswith("I") or im.mode == "F" else "RGB").reduce(factor)
 
 
+def pil_to_array(im: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as uint8 grey (H, W) or RGB (H, W, 3), as decoding a file gives."""
+    return _to_uint8(im, "<PIL image>")
+
+
 def _to_uint8(im: Image.Image, name: str) -> np.ndarray:
     """Convert a PIL image of any mode to uint8 grey (H, W) or RGB (H, W, 3)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -88,7 +88,8 @@ def split_manifest(
         train = np.flatnonzero(split == "train")
         split[train[_grouped_holdout(labels[train], grp[train], val_fraction, seed)]] = "val"
     out["split"] = split
-    log.info("split %d rows: %s", len(out), out["split"].value_counts().to_dict())
+    counts = out["split"].value_counts()
+    log.info("split %d rows: %s", len(out), ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))
     return out
 
 

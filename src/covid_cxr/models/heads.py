@@ -84,7 +84,7 @@ def _window(height: int, width: int) -> int:
     """The average-pool window: 4, or the map's size when the map is smaller."""
     size = min(POOL_SIZE, height, width)
     if size < POOL_SIZE:
-        log.info(
+        log.debug(
             "feature map %dx%d is smaller than the 4x4 pool; pooling with %dx%d", height, width, size, size
         )
     return size

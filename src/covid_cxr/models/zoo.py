@@ -109,7 +109,7 @@ def build_model(
     apply_freeze(backbone, freeze)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
+    log.debug(
         "built %s (%s weights, freeze %s) at %d px: %d trainable params", arch, kind, freeze, size, trainable
     )
     return model
@@ -118,7 +118,7 @@ def build_model(
 def build_from_config(cfg: RunConfig, num_classes: int) -> Classifier:
     """build_model with the architecture, weights, freezing, image size and channels of a RunConfig."""
     m = cfg.model
-    return build_model(
+    model = build_model(
         m.arch,
         m.head,
         num_classes,
@@ -127,6 +127,18 @@ def build_from_config(cfg: RunConfig, num_classes: int) -> Classifier:
         image_size=cfg.preprocess.size,
         in_chans=cfg.preprocess.channels,
     )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s at %d px, %s weights, freeze %s: %s of %s parameters trainable",
+        m.arch,
+        cfg.preprocess.size,
+        m.pretrained,
+        m.freeze,
+        f"{trainable:,}",
+        f"{total:,}",
+    )
+    return model
 
 
 def feature_shape(backbone: nn.Module, image_size: int, in_chans: int = 3) -> FeatureShape:

@@ -87,12 +87,20 @@ def _mapping(text: str, where: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({exc})") from None
+        raise ConfigError(f"{where}: invalid YAML{_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config sections, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' from a YAML error, without PyYAML's '<unicode string>' marks."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: {problem}"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -174,5 +182,14 @@ def _validate(data: dict[str, Any], where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_field_problem(e) for e in exc.errors())
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def _field_problem(error: dict[str, Any]) -> str:
+    """'train.epochs: Input should be greater than or equal to 1 (got 0)' from one pydantic error."""
+    where = ".".join(map(str, error["loc"]))
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    shown = f" (got {given!r})" if error["type"] != "value_error" and not isinstance(given, dict) else ""
+    return f"{where}: {message}{shown}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,12 +21,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-)
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -38,7 +35,7 @@ from covid_cxr.data.manifest import load_manifest, save_manifest
 from covid_cxr.data.preprocess import dataset_stats, normalize
 from covid_cxr.data.readers import read_source
 from covid_cxr.data.splits import SPLITS, assert_no_leakage, class_weights, kfold, split_manifest, undersample
-from covid_cxr.errors import ConfigError, DataError
+from covid_cxr.errors import ConfigError, DataError, TrainingInterrupted
 from covid_cxr.io import atomic_write_text
 from covid_cxr.models.module import CxrModule
 from covid_cxr.models.zoo import build_from_config
@@ -47,6 +44,7 @@ from covid_cxr.training.callbacks import AtomicCheckpointIO, EpochMetricsCsv
 from covid_cxr.training.curves import plot_curves
 from covid_cxr.training.features import backbone_features, feature_device, use_cached_features
 from covid_cxr.training.presets import dump_config
+from covid_cxr.training.progress import EpochBar, EpochSummary, StopOnInterrupt
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +164,13 @@ def fit_split(
     stage = build_stage(cfg, manifest, cache_dir)
     _write_inputs(stage.cfg, manifest, out)
     trainer = make_trainer(stage.cfg, out, progress, callbacks)
-    trainer.fit(stage.module, datamodule=stage.datamodule, ckpt_path=checkpoint)
     run = RunDir(out)
     best = run.best_checkpoint
+    try:
+        trainer.fit(stage.module, datamodule=stage.datamodule, ckpt_path=checkpoint)
+    except TrainingInterrupted as stop:
+        stop.bundle = interrupted_bundle(stage, manifest, best, stop) if trainer.is_global_zero else None
+        raise
     metrics = evaluate_best(trainer, stage, best)
     if not trainer.is_global_zero:
         return RunResult(out, metrics, best)
@@ -253,7 +255,7 @@ def make_trainer(cfg: RunConfig, out: Path, progress: bool, extra: Sequence[L.Ca
         logger=CSVLogger(out, name="logs"),
         default_root_dir=out,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
+        enable_progress_bar=_show_bar(progress),
         enable_model_summary=progress,
         log_every_n_steps=1,
     )
@@ -280,9 +282,17 @@ def run_callbacks(cfg: RunConfig, out: Path, progress: bool) -> list[L.Callback]
         callbacks.append(
             EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode)
         )
+    callbacks.append(EpochSummary(ck.monitor, ck.mode))
     if progress:
-        callbacks.append(RichProgressBar())
-    return callbacks
+        callbacks.append(ModelSummary())  # the plain summary: logged at INFO, which the CLI shows with -v
+    if _show_bar(progress):
+        callbacks.append(EpochBar())
+    return [*callbacks, StopOnInterrupt()]  # last: the bar is stopped before it raises
+
+
+def _show_bar(progress: bool) -> bool:
+    """A progress bar only on a terminal: in logs, CI and `make demo` the epoch lines suffice."""
+    return progress and sys.stdout.isatty()
 
 
 def evaluate_best(trainer: L.Trainer, stage: Stage, best: Path) -> dict:
@@ -296,6 +306,27 @@ def evaluate_best(trainer: L.Trainer, stage: Stage, best: Path) -> dict:
         metrics.update(trainer.test(stage.module, datamodule=stage.datamodule, verbose=False)[0])
     metrics["n_test"] = len(stage.datamodule.splits["test"])
     return metrics
+
+
+def interrupted_bundle(
+    stage: Stage, manifest: pd.DataFrame, best: Path, stop: TrainingInterrupted
+) -> Path | None:
+    """The bundle of the best checkpoint so far, marked interrupted; None when no epoch finished."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here on
+    if not best.is_file():
+        log.warning("interrupted before the first epoch finished: no checkpoint, no bundle")
+        return None
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    stage.module.load_state_dict(checkpoint["state_dict"])
+    metrics = {
+        "checkpoint": f"{best.parent.name}/{best.name}",
+        "status": "interrupted",
+        "interrupted": True,
+        "interrupted_at_epoch": stop.epoch,
+        "max_epochs": stop.max_epochs,
+        "best_epoch": int(checkpoint["epoch"]) + 1,
+    }
+    return _write_bundle(stage, manifest, metrics, best.parent.parent / "bundle")
 
 
 def cross_validate(
