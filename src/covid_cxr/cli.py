@@ -555,6 +555,56 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     )
 
 
+lungs_app = typer.Typer(
+    help="Lung-field segmentation: train the segmenter, predict masks.",
+    no_args_is_help=True,
+)
+app.add_typer(lungs_app, name="lungs")
+
+
+@lungs_app.command("train")
+def lungs_train(
+    data: Annotated[Path, typer.Option("--data", help="folder with images/ and masks/, or a path,mask CSV")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (checkpoints, metrics.csv, weights)")],
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
+    size: Annotated[int, typer.Option(help="input size in pixels")] = 192,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from out/checkpoints/last.ckpt")] = False,
+) -> None:
+    """Train the lung segmenter's decoder; prints Dice and IoU per source on the held-out test split."""
+    from covid_cxr.lungs.train import LungTrainConfig, train_lungs
+
+    figures = train_lungs(data, out, LungTrainConfig(size=size, epochs=epochs, seed=seed), resume=resume)
+    for source, row in figures["per_source"].items():
+        console.print(f"{source}: n={row['n']:.0f} Dice {row['dice']:.4f} IoU {row['iou']:.4f}")
+    console.print(f"weights: {out / 'lungs-lite0.pt'} (SHA-256 {figures['weights_sha256']})")
+
+
+@lungs_app.command("predict")
+def lungs_predict(
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path, typer.Option("--out", help="folder for <stem>.png masks (0/255)")],
+    overlay: Annotated[bool, typer.Option("--overlay", help="also write <stem>.overlay.png")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print per-image stats as JSON")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="lungs train output (default: shipped)")] = None,
+) -> None:
+    """Lung masks at each image's own size, with lung area fraction, components and a quality flag."""
+    from covid_cxr.lungs.predict import predict_files
+    from covid_cxr.lungs.segment import load_segmenter
+
+    files = _image_files(images)
+    if not files:
+        raise CxrError("no image files given")
+    results = predict_files(files, out, overlay, load_segmenter(str(weights) if weights else None))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    bad = [r for r in results if r["quality"] != "ok"]
+    console.print(f"{len(results)} masks in {out}; {len(results) - len(bad)} with two plausible lungs")
+    for item in bad:
+        console.print(f"  {Path(item['path']).name}: {escape(item['quality'])}")
+
+
 def main() -> None:
     """Entry point: run the app, printing CxrError messages without a traceback (exit 2)."""
     try:
