@@ -566,7 +566,7 @@ app.add_typer(lungs_app, name="lungs")
 def lungs_train(
     data: Annotated[Path, typer.Option("--data", help="folder with images/ and masks/, or a path,mask CSV")],
     out: Annotated[Path, typer.Option("--out", help="output folder (checkpoints, metrics.csv, weights)")],
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 6,
     size: Annotated[int, typer.Option(help="input size in pixels")] = 192,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from out/checkpoints/last.ckpt")] = False,
@@ -590,7 +590,7 @@ def lungs_predict(
 ) -> None:
     """Lung masks at each image's own size, with lung area fraction, components and a quality flag."""
     from covid_cxr.lungs.predict import predict_files
-    from covid_cxr.lungs.segment import load_segmenter
+    from covid_cxr.lungs.segmenter import load_segmenter
 
     files = _image_files(images)
     if not files:
@@ -603,6 +603,26 @@ def lungs_predict(
     console.print(f"{len(results)} masks in {out}; {len(results) - len(bad)} with two plausible lungs")
     for item in bad:
         console.print(f"  {Path(item['path']).name}: {escape(item['quality'])}")
+
+
+@lungs_app.command("check")
+def lungs_check(
+    source: Annotated[Path, typer.Argument(help="dataset folder or CSV manifest")],
+    reader: ReaderOpt = "auto",
+    option: OptionOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print every image's figures as JSON")] = False,
+) -> None:
+    """Lung area fraction and components per image; lists images without two plausible lungs."""
+    from covid_cxr.lungs.predict import audit_files
+
+    rows = audit_files(_read(source, reader, option).manifest["path"].astype(str))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    bad = [r for r in rows if r["quality"] != "ok"]
+    console.print(f"{len(rows) - len(bad)} of {len(rows)} images show two plausible lungs")
+    for item in bad:
+        console.print(f"  {escape(item['path'])}: {escape(item['quality'])} (lungs {item['area_fraction']})")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from covid_cxr.data.images import load_image
-from covid_cxr.lungs.segment import WEIGHTS_FILE, load_segmenter
+from covid_cxr.lungs.segmenter import WEIGHTS_FILE, load_segmenter
 from covid_cxr.lungs.train import LungTrainConfig, train_lungs
 
 

@@ -7,6 +7,6 @@ Example:
 """
 
 from covid_cxr.lungs.quality import LungStats, clean_mask, lung_stats, overlay
-from covid_cxr.lungs.segment import LungSegmenter, load_segmenter, segment
+from covid_cxr.lungs.segmenter import LungSegmenter, load_segmenter, segment
 
 __all__ = ["LungSegmenter", "LungStats", "clean_mask", "load_segmenter", "lung_stats", "overlay", "segment"]

@@ -9,9 +9,10 @@ from pathlib import Path
 from PIL import Image
 
 from covid_cxr.data.images import load_image
+from covid_cxr.errors import ImageError
 from covid_cxr.io import atomic_write_bytes
 from covid_cxr.lungs.quality import lung_stats, overlay
-from covid_cxr.lungs.segment import LungSegmenter, load_segmenter
+from covid_cxr.lungs.segmenter import LungSegmenter, load_segmenter
 
 
 def predict_files(
@@ -39,3 +40,19 @@ def write_png(path: Path, array) -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def audit_files(paths: Iterable[str], segmenter: LungSegmenter | None = None) -> list[dict]:
+    """Per image: lung area fraction, component count and quality flag (no files written).
+
+    An undecodable image gets the quality ``unreadable: <reason>``; ``data check`` names it already.
+    """
+    segmenter = segmenter or load_segmenter()
+    rows = []
+    for path in paths:
+        try:
+            stats = lung_stats(segmenter(load_image(path))).as_dict()
+        except ImageError as exc:
+            stats = {"area_fraction": None, "components": None, "quality": f"unreadable: {exc.reason}"}
+        rows.append({"path": str(path), **stats})
+    return rows

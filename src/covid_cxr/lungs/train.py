@@ -28,7 +28,7 @@ from covid_cxr.data.images import load_image
 from covid_cxr.io import atomic_write_text
 from covid_cxr.lungs.data import LungPairs, load_pairs, read_pairs, resize_mask
 from covid_cxr.lungs.model import LungNet
-from covid_cxr.lungs.segment import WEIGHTS_FILE, LungSegmenter, save_weights
+from covid_cxr.lungs.segmenter import WEIGHTS_FILE, LungSegmenter, save_weights
 from covid_cxr.training.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class LungTrainConfig:
     """The recipe of the shipped weights (``covid-cxr lungs train`` defaults)."""
 
     size: int = 192
-    epochs: int = 40
+    epochs: int = 6
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4

@@ -21,7 +21,7 @@ from covid_cxr.lungs.model import LungNet
 from covid_cxr.lungs.quality import clean_mask
 
 WEIGHTS_FILE = "lungs-lite0.pt"
-WEIGHTS_SHA256 = ""
+WEIGHTS_SHA256 = "dc50aacb0fb539d9b102242b4cb7f962840887b4012478533e404312d685f56e"
 FORMAT_VERSION = 1
 
 
