@@ -755,6 +755,76 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     )
 
 
+lungs_app = typer.Typer(
+    help="Lung-field segmentation: train the segmenter, predict masks.",
+    no_args_is_help=True,
+)
+app.add_typer(lungs_app, name="lungs")
+
+
+@lungs_app.command("train")
+def lungs_train(
+    data: Annotated[Path, typer.Option("--data", help="folder with images/ and masks/, or a path,mask CSV")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (checkpoints, metrics.csv, weights)")],
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 6,
+    size: Annotated[int, typer.Option(help="input size in pixels")] = 192,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from out/checkpoints/last.ckpt")] = False,
+) -> None:
+    """Train the lung segmenter's decoder; prints Dice and IoU per source on the held-out test split."""
+    from covid_cxr.lungs.train import LungTrainConfig, train_lungs
+
+    figures = train_lungs(data, out, LungTrainConfig(size=size, epochs=epochs, seed=seed), resume=resume)
+    for source, row in figures["per_source"].items():
+        console.print(f"{source}: n={row['n']:.0f} Dice {row['dice']:.4f} IoU {row['iou']:.4f}")
+    console.print(f"weights: {out / 'lungs-lite0.pt'} (SHA-256 {figures['weights_sha256']})")
+
+
+@lungs_app.command("predict")
+def lungs_predict(
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path, typer.Option("--out", help="folder for <stem>.png masks (0/255)")],
+    overlay: Annotated[bool, typer.Option("--overlay", help="also write <stem>.overlay.png")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print per-image stats as JSON")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="lungs train output (default: shipped)")] = None,
+) -> None:
+    """Lung masks at each image's own size, with lung area fraction, components and a quality flag."""
+    from covid_cxr.lungs.predict import predict_files
+    from covid_cxr.lungs.segmenter import load_segmenter
+
+    files = _image_files(images)
+    if not files:
+        raise CxrError("no image files given")
+    results = predict_files(files, out, overlay, load_segmenter(str(weights) if weights else None))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    bad = [r for r in results if r["quality"] != "ok"]
+    console.print(f"{len(results)} masks in {out}; {len(results) - len(bad)} with two plausible lungs")
+    for item in bad:
+        console.print(f"  {Path(item['path']).name}: {escape(item['quality'])}")
+
+
+@lungs_app.command("check")
+def lungs_check(
+    source: Annotated[Path, typer.Argument(help="dataset folder or CSV manifest")],
+    reader: ReaderOpt = "auto",
+    option: OptionOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print every image's figures as JSON")] = False,
+) -> None:
+    """Lung area fraction and components per image; lists images without two plausible lungs."""
+    from covid_cxr.lungs.predict import audit_files
+
+    rows = audit_files(_read(source, reader, option).manifest["path"].astype(str))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    bad = [r for r in rows if r["quality"] != "ok"]
+    console.print(f"{len(rows) - len(bad)} of {len(rows)} images show two plausible lungs")
+    for item in bad:
+        console.print(f"  {escape(item['path'])}: {escape(item['quality'])} (lungs {item['area_fraction']})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line `error: ...` and exit 2 for our errors and for OSErrors on user paths."""
     _INVOCATION[:] = sys.argv[1:] if argv is None else argv
@@ -779,6 +849,10 @@ EXAMPLES = {
     "evaluate": "covid-cxr evaluate runs/demo --data other-hospital/ --bootstrap 1000",
     "report": "covid-cxr report runs/demo",
     "compare": "covid-cxr compare runs/vgg16 runs/resnet50 --csv table.csv",
+    "calibrate": "covid-cxr calibrate runs/demo   (or --reset for T = 1)",
+    "lungs train": "covid-cxr lungs train --data lungs-256/ --out runs/lungs",
+    "lungs predict": "covid-cxr lungs predict scans/ --out masks/ --overlay",
+    "lungs check": "covid-cxr lungs check data/radiography",
     "explain": "covid-cxr explain runs/demo chest.png --method gradcam++",
     "export": "covid-cxr export runs/demo --triton model-repo/",
     "serve": "covid-cxr serve runs/demo --port 8000",

@@ -167,7 +167,7 @@ def test_a_run_without_test_split_needs_data(evaluated: tuple[Path, dict], tmp_p
         evaluate_run(copy, bootstrap=0)
 
 
-def test_real_images_use_the_fixed_lung_ellipses(
+def test_real_images_use_predicted_lung_masks(
     evaluated: tuple[Path, dict], shared_data: Path, tmp_path: Path
 ) -> None:
     run, _ = evaluated
@@ -186,7 +186,12 @@ def test_real_images_use_the_fixed_lung_ellipses(
         "Viral Pneumonia": "viral",
     }
     assert result["metrics"]["n"] == 12
-    assert result["shortcuts"]["lungs_hidden"]["lung_masks"] == {"manifest": 0, "fixed_ellipses": 12}
+    assert result["shortcuts"]["lungs_hidden"]["lung_masks"] == {
+        "manifest": 0,
+        "fixed_ellipses": 0,
+        "predicted": 12,
+    }
+    assert result["cam_in_lungs"]["lung_masks"] == {"manifest": 0, "predicted": 12}
     assert np.isfinite(result["calibration"]["ece_after"])
     assert (run / "evaluation-radiography-sample" / "metrics.json").is_file()
 

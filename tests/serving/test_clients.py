@@ -106,6 +106,8 @@ def test_tf_serving_client_predicts_on_the_version_path(live_server: str, predic
         image = png_bytes(seed=6)
         body = {"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(image).decode()}]}
         labelled = http.post(f"{live_server}/v1/models/{MODEL_NAME}/labels/stable:predict", json=body)
-        np.testing.assert_allclose(labelled.json()["predictions"], predictor.predict_proba([image]), atol=1e-5)
+        np.testing.assert_allclose(
+            labelled.json()["predictions"], predictor.predict_proba([image]), atol=1e-5
+        )
         refused = http.post(f"{base}:predict", json=[1, 2])
         assert refused.status_code == 400 and "error" in refused.json()

@@ -21,21 +21,33 @@ def prepare(image: np.ndarray, spec: Preprocess) -> np.ndarray:
        that its `p`-th and `(100-p)`-th percentiles map to 0 and 255, with clipping;
     2. grey: an RGB image becomes one channel with OpenCV's RGB2GRAY weights (the same numbers the
        seed's `cv2.imread` + BGR2GRAY gives on the same file);
-    3. CLAHE (if `spec.clahe`) on the grey image at its original resolution;
-    4. resize to `size` x `size` (INTER_AREA when shrinking, INTER_LINEAR when enlarging), stretching,
+    3. lungs (if `spec.lungs` is crop or mask): `covid_cxr.lungs.lung_region` crops to both lungs'
+       box plus a margin, and for mask fills what lies outside the dilated lungs with their median;
+    4. CLAHE (if `spec.clahe`) on the grey image at its original resolution;
+    5. resize to `size` x `size` (INTER_AREA when shrinking, INTER_LINEAR when enlarging), stretching,
        or with `keep_aspect` scaling the longer side to `size` and padding with black, centred;
-    5. channels: 1, or the grey image replicated to 3.
+    6. channels: 1, or the grey image replicated to 3.
 
     Accepts (H, W), (H, W, 1) or (H, W, 3) uint8; the input is never modified.
     """
+    return prepare_with_box(image, spec)[0]
+
+
+def prepare_with_box(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`prepare`, and the (top, left, height, width) box of the original image the result shows."""
     grey = _to_grey(_white_balance(_check_image(image), spec.white_balance))
+    box = (0, 0, *grey.shape[:2])
+    if spec.lungs != "none":
+        from covid_cxr.lungs.region import lung_region
+
+        grey, box = lung_region(grey, spec.lungs)
     if spec.clahe is not None:
         tiles = (spec.clahe.tile_grid, spec.clahe.tile_grid)
         grey = cv2.createCLAHE(clipLimit=spec.clahe.clip_limit, tileGridSize=tiles).apply(grey)
     square = _letterbox(grey, spec.size) if spec.keep_aspect else _resize(grey, spec.size, spec.size)
     if spec.channels == 3:
-        return np.ascontiguousarray(np.repeat(square[:, :, None], 3, axis=2))
-    return np.ascontiguousarray(square[:, :, None])
+        return np.ascontiguousarray(np.repeat(square[:, :, None], 3, axis=2)), box
+    return np.ascontiguousarray(square[:, :, None]), box
 
 
 def normalize(batch: torch.Tensor | np.ndarray, spec: Preprocess) -> torch.Tensor:

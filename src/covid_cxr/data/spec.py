@@ -31,6 +31,10 @@ class Preprocess(BaseModel):
         None, ge=0, lt=50, description="per-channel percentile stretch (seed 002: 0.05 = 0.05 %); null = off"
     )
     clahe: Clahe | None = None
+    lungs: Literal["none", "crop", "mask"] = Field(
+        "none",
+        description="crop: to the lungs' box plus a margin; mask: crop, fill outside the lungs",
+    )
     normalize: Literal["imagenet", "dataset", "unit"] = "unit"
     mean: tuple[float, ...] | None = Field(None, description="per-channel mean in [0, 1]; set for 'dataset'")
     std: tuple[float, ...] | None = Field(None, description="per-channel std in [0, 1]; set for 'dataset'")
@@ -38,4 +42,6 @@ class Preprocess(BaseModel):
     def cache_key(self) -> str:
         """Hash of the fields that change the cached uint8 image (not the normalisation)."""
         fields = self.model_dump(include={"size", "keep_aspect", "channels", "white_balance", "clahe"})
+        if self.lungs != "none":  # keeps the keys of existing caches
+            fields["lungs"] = self.lungs
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

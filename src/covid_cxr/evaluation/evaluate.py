@@ -43,7 +43,9 @@ from covid_cxr.evaluation.shortcuts import (
     label_source_confounding,
     lung_mask,
     lungs_hidden_check,
+    predicted_lung_mask,
 )
+from covid_cxr.explain.lung_share import cam_lung_share
 from covid_cxr.io import atomic_write_text
 from covid_cxr.predictor import Predictor
 from covid_cxr.run_dir import METRICS_JSON, PREDICTIONS_CSV, TEST, RunDir, dataset_slug
@@ -130,6 +132,7 @@ def evaluate_run(
         "shortcuts": None,
     }
     result["explanations"] = _explanation_scores(predictor, evaluated, explanation_images, seed)
+    result["cam_in_lungs"] = cam_lung_share(predictor, evaluated, explanation_images, seed)
     if shortcut_checks:
         result["shortcuts"] = _shortcuts(run_manifest, evaluated, preds.mask_sources, raw, y, classes, data)
     result["figures"] = write_figures(result["metrics"], result["calibration"], out, f"{run.name} / {name}")
@@ -190,6 +193,7 @@ def predict_logits(
     """
     names = VARIANTS if variants else VARIANTS[:1]
     preds = Predictions(logits={n: [] for n in names})
+    preds.mask_sources.setdefault("predicted", 0)
     pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     masks = manifest["lung_mask"].tolist() if "lung_mask" in manifest else [None] * len(manifest)
     for pos, (path, mask_path) in enumerate(zip(manifest["path"].astype(str), masks, strict=True)):
@@ -217,14 +221,17 @@ def _variants(image: np.ndarray, mask_path: object, names: Sequence[str], counts
 
 
 def _lung_mask(image: np.ndarray, mask_path: object, counts: dict[str, int]) -> np.ndarray:
-    """The manifest's lung mask when it has a readable one for this image, else the fixed ellipses."""
+    """The manifest's lung mask when readable, else the predicted one when plausible, else the ellipses."""
     if isinstance(mask_path, str) and mask_path:
         try:
             mask = lung_mask(image, mask_path)
             counts["manifest"] += 1
             return mask
         except ImageError as exc:
-            log.warning("lung mask %s unusable (%s): using the fixed lung ellipses", exc.path, exc.reason)
+            log.warning("lung mask %s unusable (%s): predicting one", exc.path, exc.reason)
+    if (predicted := predicted_lung_mask(image)) is not None:
+        counts["predicted"] += 1
+        return predicted
     counts["fixed_ellipses"] += 1
     return lung_mask(image)
 

@@ -8,8 +8,9 @@ Three checks, each giving numbers and a verdict that starts with ``OK``, ``CAUTI
    Cramér's V of the label x source table and each class's share from its largest source.
    FLAG when V >= 0.5, CAUTION when V >= 0.3.
 2. **lungs hidden**: the lung fields are filled with the median grey of the rest of the image (the
-   phantom's lung mask when the manifest has ``lung_mask``, else two fixed ellipses covering
-   typical PA lung fields) and the model is evaluated again. A model that reads only the lungs then
+   phantom's lung mask when the manifest has ``lung_mask``, else the shipped lung segmenter's mask
+   when it finds two plausible lungs, else two fixed ellipses covering typical PA lung fields) and
+   the model is evaluated again. A model that reads only the lungs then
    sees the same thing in every image, so its outputs no longer depend on the class.
    FLAG when some class is still told apart from the others, one-vs-rest ROC AUC >= 0.75 (chance
    0.50), or when balanced accuracy stays above chance + 0.5 x (full-image balanced accuracy -
@@ -53,7 +54,7 @@ LUNGS_HIDDEN_AUC = 0.75
 BORDER_FRACTION = 0.10
 BORDER_AUC_DROP = 0.15
 MIN_SKILL = 0.10
-MASK_DILATION = 0.02  # a phantom's lung mask grows by this fraction of the image side
+MASK_DILATION = 0.02  # a given or predicted lung mask grows by this fraction of the image side
 # Typical PA lung fields as (centre x, centre y, half-width, half-height), fractions of the image.
 LUNG_ELLIPSES = ((0.29, 0.47, 0.17, 0.33), (0.71, 0.47, 0.17, 0.33))
 
@@ -94,9 +95,22 @@ def lung_mask(image: np.ndarray, mask_path: str | None = None) -> np.ndarray:
     mask = mask if mask.ndim == 2 else mask.max(axis=2)
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    radius = max(1, round(MASK_DILATION * max(height, width)))
+    return _dilate(mask)
+
+
+def predicted_lung_mask(image: np.ndarray) -> np.ndarray | None:
+    """The shipped lung segmenter's mask (dilated) when it finds two plausible lungs, else None."""
+    from covid_cxr.lungs import lung_stats, segment
+
+    mask = segment(image)
+    return _dilate(mask) if lung_stats(mask).quality == "ok" else None
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """A 0/1 mask grown by MASK_DILATION of the image's longer side, as bool."""
+    radius = max(1, round(MASK_DILATION * max(mask.shape)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask, kernel).astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def hide_lungs(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

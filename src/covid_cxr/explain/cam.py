@@ -44,7 +44,7 @@ from torch import nn
 
 from covid_cxr.data.images import load_image
 from covid_cxr.data.manifest import is_image_file
-from covid_cxr.data.preprocess import preprocess
+from covid_cxr.data.preprocess import normalize, prepare_with_box
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.errors import ConfigError, CxrError, ImageError
 from covid_cxr.explain.overlay import blend, colorize, compose_panel, encode_png, to_original, to_rgb
@@ -233,14 +233,15 @@ def compute_heatmap(
 ) -> tuple[dict[str, float], str, np.ndarray, str]:
     """(probabilities, target class, float32 heatmap at the image's size in [0, 1], layer name)."""
     subject = as_cam_model(model)
-    x = preprocess(image, subject.spec).unsqueeze(0)
+    prepared, box = prepare_with_box(image, subject.spec)
+    x = normalize(prepared, subject.spec).unsqueeze(0)
     with subject.lock:
         name, _ = cam_layer(subject, layer)
         probs = predict_probabilities(subject, x)[0]
         index = resolve_target(target, subject.classes, probs)
         cam = input_cams(subject, x, [index], method, name)[0]
     height, width = image.shape[:2]
-    heat = to_original(cam, height, width, subject.spec.keep_aspect)
+    heat = to_original(cam, height, width, subject.spec.keep_aspect, box)
     return dict(zip(subject.classes, map(float, probs), strict=True)), subject.classes[index], heat, name
 
 

@@ -25,11 +25,23 @@ def content_box(height: int, width: int, size: int, keep_aspect: bool) -> tuple[
     return (size - rows) // 2, (size - cols) // 2, rows, cols
 
 
-def to_original(cam: np.ndarray, height: int, width: int, keep_aspect: bool) -> np.ndarray:
-    """A square input-resolution CAM -> float32 (height, width) in [0, 1], letterbox padding cut off."""
-    top, left, rows, cols = content_box(height, width, cam.shape[0], keep_aspect)
+def to_original(
+    cam: np.ndarray, height: int, width: int, keep_aspect: bool, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """A square input-resolution CAM -> float32 (height, width) in [0, 1], letterbox padding cut off.
+
+    ``box`` (top, left, rows, cols) is the part of the original the input showed (a lung crop); the
+    CAM is put back there and is zero elsewhere. None: the whole image.
+    """
+    y0, x0, h, w = box or (0, 0, height, width)
+    top, left, rows, cols = content_box(h, w, cam.shape[0], keep_aspect)
     crop = np.ascontiguousarray(cam[top : top + rows, left : left + cols], dtype=np.float32)
-    heat = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+    inner = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+    if (h, w) == (height, width):
+        heat = inner
+    else:
+        heat = np.zeros((height, width), np.float32)
+        heat[y0 : y0 + h, x0 : x0 + w] = inner - inner.min()
     heat = np.nan_to_num(heat, nan=0.0)
     heat -= heat.min()
     peak = float(heat.max())

@@ -178,3 +178,36 @@ def _check(heatmap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if heat.min() < 0:
         raise ValueError(f"heatmap has negative values (min {heat.min():.3g}); CAMs are non-negative")
     return heat, region
+
+
+def lung_energy(
+    model: Predictor | CamModel,
+    images: Sequence[np.ndarray],
+    lungs: Sequence[np.ndarray | None],
+    targets: Sequence[int],
+    method: str = "gradcam",
+) -> dict:
+    """Per target class: mean CAM energy share inside the lungs, the lungs' mean share of the image, ratio.
+
+    A CAM that ignores the lungs scores about their share (ratio 1); one on the lungs scores more.
+    Images whose lung mask is None (no plausible lungs found) are skipped and counted.
+    """
+    subject = as_cam_model(model)
+    per: dict[str, list[tuple[float, float]]] = {}
+    for image, mask, target in zip(images, lungs, targets, strict=True):
+        if mask is None or not mask.any():
+            continue
+        heat = compute_heatmap(subject, image, method, int(target))[2]
+        per.setdefault(subject.classes[int(target)], []).append(
+            (energy_in_mask(heat, mask), float(mask.mean()))
+        )
+    result: dict = {"method": method, "skipped_no_lungs": sum(m is None or not m.any() for m in lungs)}
+    for name, pairs in per.items():
+        energy, share = (float(np.mean(v)) for v in zip(*pairs, strict=True))
+        result[name] = {
+            "images": len(pairs),
+            "energy_in_lungs": energy,
+            "lung_share": share,
+            "ratio": energy / share,
+        }
+    return result

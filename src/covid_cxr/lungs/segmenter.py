@@ -1,0 +1,92 @@
+"""Segment the lung fields of any chest radiograph with the shipped (or a trained) lung segmenter."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from covid_cxr.data.preprocess import prepare
+from covid_cxr.data.spec import Preprocess
+from covid_cxr.errors import ConfigError
+from covid_cxr.lungs.data import to_input
+from covid_cxr.lungs.model import LungNet
+from covid_cxr.lungs.quality import clean_mask
+
+WEIGHTS_FILE = "lungs-lite0.pt"
+WEIGHTS_SHA256 = "dc50aacb0fb539d9b102242b4cb7f962840887b4012478533e404312d685f56e"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LungSegmenter:
+    """A LungNet with its input size: ``segmenter(image)`` gives a 0/1 mask at the image's own size."""
+
+    net: LungNet
+    size: int
+
+    @torch.no_grad()
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Lung probability per pixel, float32 (H, W) at the image's own height and width."""
+        grey = prepare(image, Preprocess(size=self.size, channels=1))[:, :, 0]
+        logits = self.net(to_input(grey)[None])
+        full = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+        return torch.sigmoid(full)[0, 0].numpy()
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """uint8 0/1 (H, W) lung mask: both lungs, holes filled, specks removed."""
+        return clean_mask(self.probabilities(image) >= 0.5)
+
+
+def segment(image: np.ndarray) -> np.ndarray:
+    """The shipped segmenter's uint8 0/1 lung mask of a uint8 (H, W) or (H, W, 3) image, at its size."""
+    return load_segmenter()(image)
+
+
+@lru_cache(maxsize=4)
+def load_segmenter(path: str | None = None) -> LungSegmenter:
+    """The shipped weights (SHA-256 checked) or a file written by ``covid-cxr lungs train``."""
+    data = _shipped_bytes() if path is None else Path(path).read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT_VERSION:
+        raise ConfigError(
+            f"{path or WEIGHTS_FILE}: not a lung segmenter weights file of format {FORMAT_VERSION}"
+        )
+    net = LungNet(imagenet=True)
+    net.decoder.load_state_dict({k: v.float() for k, v in state["decoder"].items()})
+    net.eval()
+    return LungSegmenter(net, int(state["size"]))
+
+
+def save_weights(net: LungNet, size: int, path: str | Path) -> str:
+    """Write the decoder (fp16) and input size to ``path``; returns the file's SHA-256."""
+    from covid_cxr.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    decoder = {
+        k: v.detach().half() if v.is_floating_point() else v for k, v in net.decoder.state_dict().items()
+    }
+    torch.save({"format": FORMAT_VERSION, "size": size, "decoder": decoder}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def _shipped_bytes() -> bytes:
+    """The packaged weights file, refused unless its SHA-256 is the one this release was built with."""
+    ref = resources.files("covid_cxr.lungs") / "weights" / WEIGHTS_FILE
+    if not ref.is_file():
+        raise ConfigError(f"{ref}: the shipped lung segmenter weights are missing; reinstall covid-cxr")
+    data = ref.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise ConfigError(
+            f"{ref}: SHA-256 {digest[:16]}... is not the shipped {WEIGHTS_SHA256[:16]}...; corrupt"
+        )
+    return data
