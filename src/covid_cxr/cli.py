@@ -696,7 +696,7 @@ def demo(
         bool, typer.Option("--train/--no-train", help="train and predict after the data steps")
     ] = True,
 ) -> None:
-    """Synthetic phantoms -> checks -> figures -> train -> bundle -> predict, on 2 CPU cores."""
+    """Synthetic phantoms -> checks -> figures -> train -> evaluate -> explain -> report; a rerun replaces it."""
     from covid_cxr.data.checks import save_report
     from covid_cxr.data.figures import inspect_figures
 
@@ -727,7 +727,7 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     run = out / "runs" / "demo"
     resume = shlex.join(["covid-cxr", "train", "-d", str(phantoms), "--out", str(run), "-p", "demo"])
     with _on_interrupt(f"{resume} --resume"):
-        result = train_run(_config("demo", None, []), phantoms, run)
+        result = train_run(_config("demo", None, ["name=demo"]), phantoms, run, overwrite=True)  # its own run
     console.print(f"test metrics: {json.dumps(result.metrics, default=str)}")
     console.rule("5. predict with the bundle")
     samples = sorted(phantoms.glob("*/*.png"))[::60][:5]
