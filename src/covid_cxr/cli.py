@@ -696,7 +696,7 @@ def demo(
         bool, typer.Option("--train/--no-train", help="train and predict after the data steps")
     ] = True,
 ) -> None:
-    """Synthetic phantoms -> checks -> figures -> train -> evaluate -> explain -> report; a rerun replaces it."""
+    """Phantoms, checks, figures, train, predict, evaluate, explain, report; a rerun replaces it."""
     from covid_cxr.data.checks import save_report
     from covid_cxr.data.figures import inspect_figures
 
