@@ -427,7 +427,11 @@ def _bundle_dir(path: Path) -> Path:
     """Accept a run folder (runs/NAME) or its bundle folder; CxrError when neither exists."""
     if not path.exists():
         raise CxrError(f"run not found: {path}")
-    return path / "bundle" if (path / "bundle" / "bundle.json").is_file() else path
+    from covid_cxr.bundle_info import BUNDLE_JSON
+    from covid_cxr.run_dir import RunDir
+
+    bundle = RunDir(path).bundle
+    return bundle if (bundle / BUNDLE_JSON).is_file() else path
 
 
 def _image_files(paths: list[Path]) -> tuple[list[Path], dict[str, str]]:
@@ -452,10 +456,11 @@ def _image_files(paths: list[Path]) -> tuple[list[Path], dict[str, str]]:
 def _test_split_images(run: Path) -> list[Path]:
     """The test-split images of a run folder (its manifest.csv)."""
     from covid_cxr.data.manifest import load_manifest
+    from covid_cxr.run_dir import RunDir
 
-    manifest_csv = run / "manifest.csv"
+    manifest_csv = RunDir(run).manifest
     if not manifest_csv.is_file():
-        raise CxrError(f"{run}: no images given and no manifest.csv to take the test split from")
+        raise CxrError(f"{run}: no images given and no {manifest_csv.name} to take the test split from")
     frame = load_manifest(manifest_csv)
     return [Path(p) for p in frame.loc[frame["split"] == "test", "path"]]
 
@@ -792,9 +797,11 @@ def lungs_predict(
     from covid_cxr.lungs.predict import predict_files
     from covid_cxr.lungs.segmenter import load_segmenter
 
-    files = _image_files(images)
+    files, missing = _image_files(images)
+    for path, reason in missing.items():
+        err_console.print(f"{escape(path)}: {reason}")
     if not files:
-        raise CxrError("no image files given")
+        raise CxrError("no image files to segment")
     results = predict_files(files, out, overlay, load_segmenter(str(weights) if weights else None))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
