@@ -21,7 +21,7 @@ from covid_cxr.lungs.model import LungNet
 from covid_cxr.lungs.quality import clean_mask
 
 WEIGHTS_FILE = "lungs-lite0.pt"
-WEIGHTS_SHA256 = "dc50aacb0fb539d9b102242b4cb7f962840887b4012478533e404312d685f56e"
+WEIGHTS_SHA256 = "9f46434e3829d1d9423a9f28dfded24179f68b19073348f2d6c89d59698ef732"
 FORMAT_VERSION = 1
 
 
