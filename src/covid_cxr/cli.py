@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import warnings
@@ -89,6 +90,8 @@ def _setup(
 
 def _adopt_lightning_logging() -> None:
     """Lightning adds its own stream handlers on import: drop them, so its lines go through ours once."""
+    if not err_console.is_terminal:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the LR finder's tqdm bar: read when tqdm is imported
     import lightning  # noqa: F401 - its import adds the handlers
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -105,6 +108,7 @@ def _quiet_library_warnings() -> None:
         r".*litlogger.*",
         r".*The number of training batches.*log_every_n_steps.*",
         r".*module\(s\) in eval mode.*",  # a frozen backbone's BatchNorm layers, on purpose
+        r".*Checkpoint directory .* exists and is not empty.*",  # --resume, on purpose
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -400,7 +404,14 @@ def _bundle_dir(path: Path) -> Path:
     """Accept a run folder (runs/NAME) or its bundle folder; CxrError when neither exists."""
     if not path.exists():
         raise CxrError(f"run not found: {path}")
-    return path / "bundle" if (path / "bundle" / "bundle.json").is_file() else path
+    if (path / "bundle" / "bundle.json").is_file():
+        return path / "bundle"
+    if path.is_dir() and not (path / "bundle.json").is_file() and (path / "config.yaml").is_file():
+        raise CxrError(
+            f"{path}: the run has no bundle yet (it did not finish); "
+            f"continue it with: covid-cxr train --out {path} -d DATA -p PRESET --resume"
+        )
+    return path
 
 
 def _image_files(paths: list[Path]) -> tuple[list[Path], dict[str, str]]:
@@ -540,9 +551,10 @@ def explain(
     images: Annotated[
         Optional[list[Path]], typer.Argument(help="images or folders; none = the run's test split")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="folder for the panels and overlays")] = Path(
-        "explanations"
-    ),
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="folder for the panels and overlays [default: RUN/explanations]"),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="gradcam, gradcam++, guided, hirescam, xgradcam, layercam, eigencam, scorecam")
     ] = "gradcam",
@@ -552,28 +564,49 @@ def explain(
     layer: Annotated[Optional[str], typer.Option(help="target layer name (default: the bundle's)")] = None,
     colormap: Annotated[str, typer.Option(help="jet or hot (also inferno, turbo, viridis)")] = "jet",
     alpha: Annotated[float, typer.Option(help="overlay opacity of the heatmap")] = 0.5,
+    full_resolution: Annotated[
+        bool, typer.Option("--full-resolution", help="panels at the image's own size, not capped at 1024 px")
+    ] = False,
 ) -> None:
-    """Grad-CAM heatmaps at the original resolution: panel original | heatmap | overlay per image."""
+    """Grad-CAM panels (original | heatmap | overlay), titled with the file, the predicted class and its probability."""  # noqa: E501
+    from rich.table import Table
+
     from covid_cxr.bundle import load_bundle
-    from covid_cxr.explain.cam import explain_batch
+    from covid_cxr.explain.figure import MAX_SIDE, explain_files
 
     folder = _bundle_dir(bundle)
     files, failures = _image_files(images) if images else (_test_split_images(bundle), {})
     if not files:
         raise CxrError("no image files to explain" + "".join(f"; {r}: {p}" for p, r in failures.items()))
-    writable_dir(out)
+    out = writable_dir(out if out is not None else _run_folder(bundle) / "explanations")
     predictor = load_bundle(folder)
-    written = explain_batch(
-        predictor,
-        files,
-        out,
-        method=method,
-        target=None if target == "predicted" else target,
-        layer=layer,
-        colormap=colormap,
-        alpha=alpha,
-    )
-    console.print(f"wrote {len(written)} files for {len(files)} images to {out}")
+    with progress_bar("explaining") as bar:
+        task = bar.add_task("explain", total=len(files))
+        done, unreadable = explain_files(
+            predictor,
+            files,
+            out,
+            method=method,
+            target=None if target == "predicted" else target,
+            layer=layer,
+            colormap=colormap,
+            alpha=alpha,
+            max_side=None if full_resolution else MAX_SIDE,
+            progress=lambda i, total: bar.update(task, completed=i),
+        )
+    table = Table(title=f"{method} explanations (research use only, not for diagnosis)")
+    for name in ("image", "predicted", "probability", "explained"):
+        table.add_column(name, justify="right" if name == "probability" else "left", overflow="fold")
+    for item in done:
+        table.add_row(escape(item.path.name), item.predicted, f"{item.probability:.3f}", item.target)
+    console.print(table)
+    console.print(f"panels and overlays of {len(done)} images in {out}")
+    _report_failures({**failures, **unreadable}, len(done))
+
+
+def _run_folder(path: Path) -> Path:
+    """The run folder of a run or bundle path (a bundle's parent when given runs/NAME/bundle)."""
+    return path if (path / "bundle").is_dir() or not (path / "bundle.json").is_file() else path.parent
 
 
 @app.command("export")
