@@ -284,3 +284,23 @@ def test_steepest_descent_before_the_minimum() -> None:
     suggested = steepest_descent(list(lrs), list(loss))
     assert suggested is not None and 5e-4 < suggested < 2e-3
     assert steepest_descent(list(lrs), list(np.linspace(1, 2, 100))) is None  # the loss never falls
+
+
+def test_epoch_lines_fit_80_columns_and_early_stopping_is_explained(
+    tmp_path: Path, phantoms: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covid_cxr.config import RunConfig
+    from covid_cxr.training.progress import EpochSummary
+    from covid_cxr.training.train import train_run
+
+    full = {"train_loss": 0.1234, "train_accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85}
+    assert len(EpochSummary.line(100, 100, full, True)) <= 71  # + "INFO     " = 80
+    cfg = RunConfig.model_validate(
+        {**TINY, "train": {**TINY["train"], "epochs": 50, "early_stopping": {"patience": 1, "min_delta": 10}}}
+    )
+    with caplog.at_level("INFO", logger="covid_cxr"):
+        train_run(cfg, phantoms, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    lines = [r.getMessage() for r in caplog.records if r.name == "covid_cxr.training.progress"]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert epochs[0].startswith("epoch  1/50  loss ") and len(epochs) == 2
+    assert lines[-1] == "stopped early at epoch 2: val_loss has not improved since epoch 1 (best)"
