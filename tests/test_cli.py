@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from covid_cxr import cli
 from covid_cxr.bundle import load_bundle
 from covid_cxr.data.synthetic import synthesize
 from covid_cxr.training import train as train_module
+from covid_cxr.training.lr_find import steepest_descent
 from covid_cxr.training.presets import list_presets
 from tests.test_bundle import image_files, tiny_model, write_tiny
 
@@ -251,3 +254,53 @@ def test_version_and_help_examples(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("train", "predict", "explain", "lr-find", "presets"):
         code, out, _ = run_cli([command, "--help"], capsys)
         assert code == 0 and "Example" in out and "<" not in out.replace("<=", ""), command
+
+
+def test_explain_writes_titled_capped_panels_inside_the_run(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big chest.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1500), dtype=np.uint8)).save(big)
+    code, out, err = run_cli(["explain", bundle.parent, big], capsys)
+    assert code == 0, err
+    panel = bundle.parent / "explanations" / "big chest_panel.png"
+    with Image.open(panel) as png:
+        assert max(png.size) <= 1024 and png.size[0] > png.size[1]
+    with Image.open(panel.with_name("big chest_overlay.png")) as png:
+        assert max(png.size) == 1024
+    text = " ".join(out.split())
+    assert "big chest.png" in text and "probability" in text
+    assert any(f"│ {c} " in out for c in ("normal", "covid", "viral"))
+    code, _, err = run_cli(["explain", bundle, big, "--out", tmp_path / "full", "--full-resolution"], capsys)
+    with Image.open(tmp_path / "full" / "big chest_panel.png") as png:
+        assert code == 0 and png.size[0] >= 3 * 1500
+
+
+def test_steepest_descent_before_the_minimum() -> None:
+    lrs = np.logspace(-7, 0, 100)
+    x = np.log10(lrs)
+    loss = 1.5 - 0.5 * np.tanh(x + 3) + np.where(x > -1, 40 * (x + 1) ** 2, 0)  # falls fastest at 1e-3
+    loss[:5] += np.array([0.0, -0.6, 0.4, -0.3, 0.2])  # noisy first steps: steep but meaningless
+    suggested = steepest_descent(list(lrs), list(loss))
+    assert suggested is not None and 5e-4 < suggested < 2e-3
+    assert steepest_descent(list(lrs), list(np.linspace(1, 2, 100))) is None  # the loss never falls
+
+
+def test_epoch_lines_fit_80_columns_and_early_stopping_is_explained(
+    tmp_path: Path, phantoms: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covid_cxr.config import RunConfig
+    from covid_cxr.training.progress import EpochSummary
+    from covid_cxr.training.train import train_run
+
+    full = {"train_loss": 0.1234, "train_accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85}
+    assert len(EpochSummary.line(100, 100, full, True)) <= 71  # + "INFO     " = 80
+    cfg = RunConfig.model_validate(
+        {**TINY, "train": {**TINY["train"], "epochs": 50, "early_stopping": {"patience": 1, "min_delta": 10}}}
+    )
+    with caplog.at_level("INFO", logger="covid_cxr"):
+        train_run(cfg, phantoms, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    lines = [r.getMessage() for r in caplog.records if r.name == "covid_cxr.training.progress"]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert epochs[0].startswith("epoch  1/50  loss ") and len(epochs) == 2
+    assert lines[-1] == "stopped early at epoch 2: val_loss has not improved since epoch 1 (best)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import warnings
@@ -89,6 +90,8 @@ def _setup(
 
 def _adopt_lightning_logging() -> None:
     """Lightning adds its own stream handlers on import: drop them, so its lines go through ours once."""
+    if not err_console.is_terminal:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the LR finder's tqdm bar: read when tqdm is imported
     import lightning  # noqa: F401 - its import adds the handlers
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -105,6 +108,7 @@ def _quiet_library_warnings() -> None:
         r".*litlogger.*",
         r".*The number of training batches.*log_every_n_steps.*",
         r".*module\(s\) in eval mode.*",  # a frozen backbone's BatchNorm layers, on purpose
+        r".*Checkpoint directory .* exists and is not empty.*",  # --resume, on purpose
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -317,7 +321,7 @@ def train(
         result = train_run(cfg, data, out, resume=resume, folds=folds, overwrite=overwrite)
     console.print(f"run folder: {result.out}")
     if result.metrics:
-        console.print("test metrics: " + json.dumps(result.metrics, default=str))
+        console.print(_metrics_line(result.metrics))
     if result.bundle:
         from covid_cxr.bundle_info import read_bundle_info
 
@@ -336,6 +340,20 @@ def calibrate(
 
     info = calibrate_run(run, reset=reset)
     console.print(describe(info.calibration, info.temperature))
+
+
+def _metrics_line(metrics: dict) -> str:
+    """'test accuracy 0.967, loss 0.112 (n 60); validation accuracy 0.983 (n 60); 10 epochs', rounded."""
+    parts = []
+    for split, name in (("test", "test"), ("val", "validation")):
+        if f"{split}_accuracy" in metrics:
+            parts.append(
+                f"{name} accuracy {metrics[f'{split}_accuracy']:.3f}, loss {metrics[f'{split}_loss']:.3f}"
+                f" (n {metrics.get(f'n_{split}', '?')})"
+            )
+    if "epochs" in metrics:
+        parts.append(f"{metrics['epochs']} epochs")
+    return "; ".join(parts) if parts else json.dumps(metrics, default=str)
 
 
 @contextmanager
@@ -430,8 +448,15 @@ def _bundle_dir(path: Path) -> Path:
     from covid_cxr.bundle_info import BUNDLE_JSON
     from covid_cxr.run_dir import RunDir
 
-    bundle = RunDir(path).bundle
-    return bundle if (bundle / BUNDLE_JSON).is_file() else path
+    run = RunDir(path)
+    if (run.bundle / BUNDLE_JSON).is_file():
+        return run.bundle
+    if path.is_dir() and not (path / BUNDLE_JSON).is_file() and run.config.is_file():
+        raise CxrError(
+            f"{path}: the run has no bundle yet (it did not finish); "
+            f"continue it with: covid-cxr train --out {path} -d DATA -p PRESET --resume"
+        )
+    return path
 
 
 def _image_files(paths: list[Path]) -> tuple[list[Path], dict[str, str]]:
@@ -589,9 +614,10 @@ def explain(
     images: Annotated[
         Optional[list[Path]], typer.Argument(help="images or folders; none = the run's test split")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="folder for the panels and overlays")] = Path(
-        "explanations"
-    ),
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="folder for the panels and overlays [default: RUN/explanations]"),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="gradcam, gradcam++, guided, hirescam, xgradcam, layercam, eigencam, scorecam")
     ] = "gradcam",
@@ -601,28 +627,49 @@ def explain(
     layer: Annotated[Optional[str], typer.Option(help="target layer name (default: the bundle's)")] = None,
     colormap: Annotated[str, typer.Option(help="jet or hot (also inferno, turbo, viridis)")] = "jet",
     alpha: Annotated[float, typer.Option(help="overlay opacity of the heatmap")] = 0.5,
+    full_resolution: Annotated[
+        bool, typer.Option("--full-resolution", help="panels at the image's own size, not capped at 1024 px")
+    ] = False,
 ) -> None:
-    """Grad-CAM heatmaps at the original resolution: panel original | heatmap | overlay per image."""
+    """Grad-CAM panels (original | heatmap | overlay), titled with the file, the predicted class and its probability."""  # noqa: E501
+    from rich.table import Table
+
     from covid_cxr.bundle import load_bundle
-    from covid_cxr.explain.cam import explain_batch
+    from covid_cxr.explain.figure import MAX_SIDE, explain_files
 
     folder = _bundle_dir(bundle)
     files, failures = _image_files(images) if images else (_test_split_images(bundle), {})
     if not files:
         raise CxrError("no image files to explain" + "".join(f"; {r}: {p}" for p, r in failures.items()))
-    writable_dir(out)
+    out = writable_dir(out if out is not None else _run_folder(bundle) / "explanations")
     predictor = load_bundle(folder)
-    written = explain_batch(
-        predictor,
-        files,
-        out,
-        method=method,
-        target=None if target == "predicted" else target,
-        layer=layer,
-        colormap=colormap,
-        alpha=alpha,
-    )
-    console.print(f"wrote {len(written)} files for {len(files)} images to {out}")
+    with progress_bar("explaining") as bar:
+        task = bar.add_task("explain", total=len(files))
+        done, unreadable = explain_files(
+            predictor,
+            files,
+            out,
+            method=method,
+            target=None if target == "predicted" else target,
+            layer=layer,
+            colormap=colormap,
+            alpha=alpha,
+            max_side=None if full_resolution else MAX_SIDE,
+            progress=lambda i, total: bar.update(task, completed=i),
+        )
+    table = Table(title=f"{method} explanations (research use only, not for diagnosis)")
+    for name in ("image", "predicted", "probability", "explained"):
+        table.add_column(name, justify="right" if name == "probability" else "left", overflow="fold")
+    for item in done:
+        table.add_row(escape(item.path.name), item.predicted, f"{item.probability:.3f}", item.target)
+    console.print(table)
+    console.print(f"panels and overlays of {len(done)} images in {out}")
+    _report_failures({**failures, **unreadable}, len(done))
+
+
+def _run_folder(path: Path) -> Path:
+    """The run folder of a run or bundle path (a bundle's parent when given runs/NAME/bundle)."""
+    return path if (path / "bundle").is_dir() or not (path / "bundle.json").is_file() else path.parent
 
 
 @app.command("export")
@@ -733,7 +780,7 @@ def _demo_train(out: Path, phantoms: Path) -> None:
     resume = shlex.join(["covid-cxr", "train", "-d", str(phantoms), "--out", str(run), "-p", "demo"])
     with _on_interrupt(f"{resume} --resume"):
         result = train_run(_config("demo", None, ["name=demo"]), phantoms, run, overwrite=True)  # its own run
-    console.print(f"test metrics: {json.dumps(result.metrics, default=str)}")
+    console.print(_metrics_line(result.metrics))
     console.rule("5. predict with the bundle")
     samples = sorted(phantoms.glob("*/*.png"))[::60][:5]
     predict(result.bundle, samples, as_json=False)

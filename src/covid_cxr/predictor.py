@@ -131,7 +131,7 @@ class Predictor:
         self.backend = "onnx" if self._session is not None else "torch"
         if self.backend == "torch":
             self.model.to(memory_format=torch.channels_last)
-        log.info("predictor ready: %d classes, backend %s", len(self.classes), self.backend)
+        log.debug("predictor ready: %d classes, backend %s", len(self.classes), self.backend)
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int = 16

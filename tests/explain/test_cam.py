@@ -300,7 +300,7 @@ def test_explain_with_a_loaded_bundle_is_thread_safe(predictor_bundle: tuple[Cla
         assert list(result.probabilities.values()) == pytest.approx(probs.tolist(), abs=1e-6)
     with ThreadPoolExecutor(4) as pool:  # explanations and predictions interleaved on one model
         explained = [pool.submit(explain, predictor, im) for im in images * 3]
-        predicted = [pool.submit(predictor.predict, [im]) for im in images * 3]
+        predicted = [pool.submit(predictor.predict_proba, [im]) for im in images * 3]
     for i, (result, probs) in enumerate(zip(explained, predicted, strict=True)):
         np.testing.assert_array_equal(result.result().heatmap, serial[i % 4].heatmap)
         np.testing.assert_allclose(probs.result()[0], list(serial[i % 4].probabilities.values()), atol=1e-6)

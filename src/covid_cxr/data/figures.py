@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -49,13 +50,18 @@ def _grey_or_none(path: str) -> np.ndarray | None:
 
 def _sample(rows: pd.DataFrame, rng: np.random.Generator, count: int) -> list[np.ndarray]:
     """Up to `count` decodable images of the rows, in a random order."""
-    images: list[np.ndarray] = []
+    return [image for _, image in _named_sample(rows, rng, count)]
+
+
+def _named_sample(rows: pd.DataFrame, rng: np.random.Generator, count: int) -> list[tuple[str, np.ndarray]]:
+    """Up to `count` (file name, decodable image) pairs of the rows, in a random order."""
+    images: list[tuple[str, np.ndarray]] = []
     for path in rows["path"].astype(str).to_numpy()[rng.permutation(len(rows))]:
         if len(images) == count:
             break
         image = _grey_or_none(path)
         if image is not None:
-            images.append(image)
+            images.append((Path(path).name, image))
     return images
 
 
@@ -79,11 +85,22 @@ def sizes_figure(frame: pd.DataFrame, out_dir: Path) -> Path:
     for row, label in zip(axes, labels, strict=False):
         rows = frame[(frame["label"].astype(str) == label) & (frame["width"] > 0)]
         for ax, column in zip(row, ("width", "height"), strict=True):
-            ax.hist(rows[column], bins=30, color="tab:gray")
+            _size_histogram(ax, rows[column].to_numpy())
             ax.set(title=f"{label}: {column}", xlabel="pixels", ylabel="images")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _save(fig, out_dir / "sizes_per_class.png")
+
+
+def _size_histogram(ax: Axes, values: np.ndarray) -> None:
+    """Integer-pixel histogram with whole-image counts; one labelled bar when every image agrees."""
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(values) and values.min() == values.max():
+        ax.bar([str(int(values[0]))], [len(values)], color="tab:gray", width=0.4)
+        ax.text(0, len(values), f"all {len(values)} images", ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, len(values) * 1.15)
+        return
+    ax.hist(values, bins=min(30, max(1, int(values.max() - values.min()) + 1)), color="tab:gray")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
 
 
 def intensity_figure(frame: pd.DataFrame, out_dir: Path, rng: np.random.Generator, images: int) -> Path:
@@ -110,8 +127,9 @@ def sample_grid_figure(
     n_rows = max(1, math.ceil(count / GRID_COLUMNS))
     fig = Figure(figsize=(4 * GRID_COLUMNS, 3.6 * n_rows))
     axes = fig.subplots(n_rows, GRID_COLUMNS, squeeze=False).ravel()
-    for ax, image in zip(axes, _sample(rows, rng, count), strict=False):
+    for ax, (name, image) in zip(axes, _named_sample(rows, rng, count), strict=False):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name if len(name) <= 40 else f"{name[:18]}…{name[-18:]}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(label, fontsize=18)

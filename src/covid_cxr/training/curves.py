@@ -46,8 +46,11 @@ def _panel(ax: Axes, frame: pd.DataFrame, metric: str) -> None:
     ax.plot(frame["epoch"], frame[f"train_{metric}"], marker="o", label="Train Set")
     ax.plot(frame["epoch"], frame[f"val_{metric}"], marker="o", label="Val Set")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = frame[[f"train_{metric}", f"val_{metric}"]].to_numpy()
+    if metric == "loss" and (values[values == values] > 0).all():
+        ax.set_yscale("log")  # a linear axis is all epoch 1
     ax.set_xlabel("Epochs")
-    ax.set_ylabel(metric.capitalize())
+    ax.set_ylabel(metric.capitalize() + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.set_title(f"Model {metric.capitalize()} over {len(frame)} Epochs")
     ax.grid(True)
     ax.legend(loc="best")

@@ -1,4 +1,9 @@
-"""Learning-rate range test (seed 000's LR schedule plot) with Lightning's Tuner.lr_find."""
+"""Learning-rate range test (seed 000's LR schedule plot) with Lightning's Tuner.lr_find.
+
+The rate suggested is the steepest descent of the smoothed loss before its minimum (Smith 2017,
+"Cyclical learning rates"; fastai's ``steep``): where the loss falls fastest, not where the noisy
+first steps or the divergence after the minimum happen to have the largest slope.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 
@@ -52,29 +58,66 @@ def lr_find(
         num_training=num_training,
         update_attr=False,
     )
-    suggested = finder.suggestion() if finder is not None else None
+    lrs, losses = (finder.results["lr"], finder.results["loss"]) if finder is not None else ([], [])
+    suggested = steepest_descent(lrs, losses)
     if suggested is None:
         raise CxrError(
             f"the LR range test between {min_lr} and {max_lr} gave too few points to suggest a rate; "
             "lower max_lr or raise num_training"
         )
-    plot = plot_lr_range(finder.results["lr"], finder.results["loss"], suggested, folder / PLOT_NAME)
+    plot = plot_lr_range(lrs, losses, suggested, folder / PLOT_NAME)
     log.info("suggested learning rate %.3g (plot %s)", suggested, plot)
     return float(suggested), plot
 
 
+def smooth(losses: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average (edges averaged over the points that exist)."""
+    kernel = np.ones(window)
+    return np.convolve(losses, kernel, "same") / np.convolve(np.ones_like(losses), kernel, "same")
+
+
+def steepest_descent(lrs: list[float], losses: list[float], min_points: int = 10) -> float | None:
+    """The LR where the smoothed loss falls fastest (per decade of LR) before the smoothed minimum.
+
+    None when there are too few finite points, or the loss never falls.
+    """
+    lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    keep = np.isfinite(loss) & (lr > 0)
+    lr, loss = lr[keep], loss[keep]
+    if len(lr) < min_points:
+        return None
+    smoothed = smooth(loss, max(3, len(loss) // 20))
+    skip = len(loss) // 10  # the first steps are noise (as Lightning's skip_begin=10 of 100)
+    lowest = skip + int(np.argmin(smoothed[skip:]))
+    if lowest - skip < 2:
+        return None
+    slope = np.gradient(smoothed[skip : lowest + 1], np.log10(lr[skip : lowest + 1]))
+    steepest = int(np.argmin(slope))
+    return float(lr[skip + steepest]) if slope[steepest] < 0 else None
+
+
 def plot_lr_range(lrs: list[float], losses: list[float], suggested: float, path: Path) -> Path:
-    """Loss against learning rate (log axis) with the suggestion marked, written atomically as PNG."""
+    """Loss against learning rate (log axis), smoothed curve, suggestion and minimum marked, as PNG."""
+    lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    smoothed = smooth(loss, max(3, len(loss) // 20))
+    skip = len(loss) // 10
+    lowest = skip + int(np.nanargmin(smoothed[skip:]))
+    at = int(np.argmin(np.abs(np.log(lr) - np.log(suggested))))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    ax.plot(lrs, losses)
-    ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2g}")
+    ax.plot(lr, loss, color="0.7", linewidth=1, label="loss (Lightning's running average)")
+    ax.plot(lr, smoothed, color="C0", linewidth=2, label="smoothed")
+    ax.plot(lr[at], smoothed[at], "o", color="red", label=f"suggested {suggested:.2g} (steepest descent)")
+    ax.plot(lr[lowest], smoothed[lowest], "v", color="0.3", label=f"minimum at {lr[lowest]:.2g}")
+    ax.axvline(suggested, color="red", linestyle="--", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("Learning rate")
-    ax.set_ylabel("Loss")
+    top = np.nanpercentile(loss[: lowest + 1], 99) if lowest > 0 else np.nanmax(loss)
+    ax.set_ylim(np.nanmin(loss) - 0.05 * abs(top), top + 0.25 * abs(top - np.nanmin(loss)))
+    ax.set_xlabel("Learning rate (log scale)")
+    ax.set_ylabel("Training loss")
     ax.set_title("Learning rate range test")
-    ax.grid(True)
-    ax.legend(loc="best")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -46,21 +46,23 @@ class EpochSummary(L.Callback):
         logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self.history.append(logged)
         best = self.best_epoch(self.monitor, self.mode) == len(self.history)
+        log.info("%s", self.line(trainer.current_epoch + 1, trainer.max_epochs, logged, best))
         lr = _lr(trainer)
-        shown_lr = lr if lr != self._lr else None  # the LR only when it changed (on a plateau)
+        if lr is not None and self._lr is not None and lr != self._lr:  # a plateau scheduler acted
+            log.info("learning rate %.1e -> %.1e", self._lr, lr)
         self._lr = lr
-        log.info("%s", self.line(trainer.current_epoch + 1, trainer.max_epochs, logged, shown_lr, best))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
         if stopper is not None and trainer.should_stop and stopper.wait_count >= stopper.patience:
+            stopped = stopper.stopped_epoch + 1  # Lightning's is 0-based
             log.info(
-                "stopped early at epoch %d: %s has not improved since epoch %s (best)",
-                trainer.current_epoch + 1,
+                "stopped early at epoch %d: %s has not improved since epoch %d (best)",
+                stopped,
                 stopper.monitor,
-                self.best_epoch(stopper.monitor, stopper.mode) or "?",
+                stopped - stopper.wait_count,
             )
         elif (best := self.best_epoch(self.monitor, self.mode)) is not None:
             log.info(
@@ -78,7 +80,7 @@ class EpochSummary(L.Callback):
         return min(values)[1] if values else None
 
     @staticmethod
-    def line(epoch: int, epochs: int, logged: dict[str, float], lr: float | None, best: bool) -> str:
+    def line(epoch: int, epochs: int, logged: dict[str, float], best: bool) -> str:
         """'epoch  3/10  loss 0.412 acc 0.850  val_loss 0.301 val_acc 0.900 *' (* = best so far).
 
         At most 71 characters, so that the line fits 80 columns after the log level.
@@ -87,8 +89,6 @@ class EpochSummary(L.Callback):
         train = " ".join(f"{s} {logged[n]:.3f}" for n, s in _SHOWN.items() if n in logged and "val" not in n)
         val = " ".join(f"{s} {logged[n]:.3f}" for n, s in _SHOWN.items() if n in logged and "val" in n)
         parts = [f"epoch {epoch:>{width}}/{epochs}", train, val]
-        if lr is not None:
-            parts.append(f"lr {lr:.0e}")
         return "  ".join(p for p in parts if p) + (" *" if best else "")
 
 
