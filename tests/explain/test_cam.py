@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from covid_cxr.data.images import decode_bytes
 from covid_cxr.data.preprocess import prepare, preprocess
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.errors import ConfigError
-from covid_cxr.explain import CamModel, explain, explain_batch
+from covid_cxr.explain import CamModel, explain, explain_files
 from covid_cxr.explain.cam import MIN_CAM_SIDE, input_cams, predict_probabilities
 from covid_cxr.explain.overlay import content_box
 from covid_cxr.models.registry import backbone_info, list_backbones
@@ -252,9 +251,7 @@ def test_overlay_panel_and_png() -> None:
         explain(subject, image, alpha=1.5)
 
 
-def test_explain_batch_writes_panels_and_skips_broken_files(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_explain_files_writes_panels_and_lists_broken_files(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for name, shape in (("a.png", (50, 70)), ("b.png", (64, 64, 3))):
@@ -263,8 +260,8 @@ def test_explain_batch_writes_panels_and_skips_broken_files(
     other = tmp_path / "other" / "a.png"
     other.parent.mkdir()
     cv2.imwrite(str(other), original_image((30, 40)))
-    with caplog.at_level(logging.WARNING):
-        written = explain_batch(convnet_subject(), [folder, other], tmp_path / "out", method="gradcam++")
+    done, failures = explain_files(convnet_subject(), [folder, other], tmp_path / "out", method="gradcam++")
+    written = [p for item in done for p in (item.panel, item.overlay)]
     assert [p.name for p in written] == [
         "a_panel.png",
         "a_overlay.png",
@@ -273,9 +270,9 @@ def test_explain_batch_writes_panels_and_skips_broken_files(
         "a-2_panel.png",
         "a-2_overlay.png",
     ]
-    assert decode_bytes((tmp_path / "out" / "a_panel.png").read_bytes()).shape == (50, 210, 3)
+    assert decode_bytes((tmp_path / "out" / "a_overlay.png").read_bytes()).shape == (50, 70, 3)
     assert decode_bytes((tmp_path / "out" / "a-2_overlay.png").read_bytes()).shape == (30, 40, 3)
-    assert "broken.png" in caplog.text
+    assert list(failures) == [str(folder / "broken.png")]
 
 
 @pytest.fixture(scope="module")

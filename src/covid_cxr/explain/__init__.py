@@ -7,8 +7,8 @@ from covid_cxr.explain.cam import (
     GuidedGradCAM,
     default_layer,
     explain,
-    explain_batch,
 )
+from covid_cxr.explain.figure import explain_files
 from covid_cxr.explain.quality import energy_in_mask, explanation_quality, faithfulness, pointing_game
 
 __all__ = [
@@ -19,7 +19,7 @@ __all__ = [
     "default_layer",
     "energy_in_mask",
     "explain",
-    "explain_batch",
+    "explain_files",
     "explanation_quality",
     "faithfulness",
     "pointing_game",

@@ -42,13 +42,11 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 from torch import nn
 
-from covid_cxr.data.images import load_image
 from covid_cxr.data.manifest import is_image_file
 from covid_cxr.data.preprocess import normalize, prepare_with_box
 from covid_cxr.data.spec import Preprocess
-from covid_cxr.errors import ConfigError, CxrError, ImageError
+from covid_cxr.errors import ConfigError, CxrError
 from covid_cxr.explain.overlay import blend, colorize, compose_panel, encode_png, to_original, to_rgb
-from covid_cxr.io import atomic_write_bytes
 from covid_cxr.models.heads import num_outputs
 from covid_cxr.models.zoo import find_target_layer
 from covid_cxr.predictor import Probabilities
@@ -185,43 +183,6 @@ def explain(
         overlay,
         compose_panel(original, colored, overlay),
     )
-
-
-def explain_batch(
-    predictor: Predictor | CamModel,
-    paths: Sequence[str | Path],
-    out_dir: str | Path,
-    method: str = "gradcam",
-    target: Target = None,
-    layer: str | None = None,
-    colormap: str = "jet",
-    alpha: float = 0.5,
-) -> list[Path]:
-    """Write ``<stem>_panel.png`` and ``<stem>_overlay.png`` per image (folders are expanded); return them.
-
-    A file that cannot be decoded is skipped with a warning naming it and the reason.
-    """
-    subject, out = as_cam_model(predictor), Path(out_dir)
-    written: list[Path] = []
-    for path in _expand(paths):
-        try:
-            image = load_image(path)
-        except ImageError as exc:
-            log.warning("skipped %s", exc)
-            continue
-        result = explain(subject, image, method, target, layer, colormap, alpha)
-        stem = _unique_stem(path.stem, written)
-        for suffix, data in (("panel", result.panel_png()), ("overlay", result.overlay_png())):
-            atomic_write_bytes(out / f"{stem}_{suffix}.png", data)
-            written.append(out / f"{stem}_{suffix}.png")
-        log.debug(
-            "%s: %s of %s (p=%.3f)",
-            path,
-            method,
-            result.target_class,
-            result.probabilities[result.target_class],
-        )
-    return written
 
 
 def compute_heatmap(
