@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from covid_cxr.bundle_info import BundleInfo
+from covid_cxr.config import HeadConfig
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.data.synthetic import render_phantom
@@ -149,12 +151,13 @@ def trained() -> tuple[Predictor, tuple[list, list, list[int]]]:
     spec = Preprocess(size=SIZE, channels=1, normalize="unit")
     train_images, _, train_labels = phantoms(240, seed=0)
     model = train_phantom_cnn(train_images, train_labels, spec)
-    info = {
-        "class_names": LESION_CLASSES,
-        "preprocess": spec.model_dump(mode="json"),
-        "temperature": 1.0,
-        "head": {"output": "softmax"},
-    }
+    info = BundleInfo(
+        class_names=LESION_CLASSES,
+        arch="phantom-cnn",
+        head=HeadConfig(),
+        preprocess=spec,
+        files={"model.pt": ""},
+    )
     return Predictor(model, info, backend="torch"), phantoms(60, seed=1)
 
 

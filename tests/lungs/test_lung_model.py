@@ -46,7 +46,7 @@ def test_crop_travels_in_the_bundle_and_is_applied_everywhere(crop_run: Path) ->
     spec = predictor.preprocess
     cropped = normalize(prepare(image, spec), spec)[None]
     whole = normalize(prepare(image, spec.model_copy(update={"lungs": "none"})), spec)[None]
-    probs = predictor.predict([image])
+    probs = predictor.predict_proba([image])
     np.testing.assert_allclose(probs, predictor.predict_tensor(cropped), atol=1e-5)
     assert not np.allclose(predictor.predict_tensor(whole), predictor.predict_tensor(cropped), atol=1e-6)
     explanation = predictor.explain(image)
@@ -69,6 +69,6 @@ def test_crop_model_serves_page_predict_and_explain(crop_run: Path) -> None:
         body = {"instances": [{"b64": base64.b64encode(data).decode()}]}
         response = client.post("/v1/models/crop:predict", json=body)
         assert response.status_code == 200
-        np.testing.assert_allclose(response.json()["predictions"], predictor.predict([data]), atol=1e-5)
+        np.testing.assert_allclose(response.json()["predictions"], predictor.predict_proba([data]), atol=1e-5)
         upload = client.post("/explain", files={"file": ("chest.png", data, "image/png")})
         assert upload.status_code == 200 and upload.json()["overlay_png"]
