@@ -611,11 +611,16 @@ def explain(
     table = Table(title=f"{method} explanations (research use only, not for diagnosis)")
     for name in ("image", "predicted", "probability", "explained"):
         table.add_column(name, justify="right" if name == "probability" else "left", overflow="fold")
-    for item in done:
+    for item in done[:_TABLE_ROWS]:
         table.add_row(escape(item.path.name), item.predicted, f"{item.probability:.3f}", item.target)
     console.print(table)
+    if len(done) > _TABLE_ROWS:
+        console.print(f"  ... and {len(done) - _TABLE_ROWS} more")
     console.print(f"panels and overlays of {len(done)} images in {out}")
     _report_failures({**failures, **unreadable}, len(done))
+
+
+_TABLE_ROWS = 25  # explain's table; every panel is written either way
 
 
 def _run_folder(path: Path) -> Path:
