@@ -43,9 +43,10 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """Exit 2, `error: ...` naming the problem, no traceback."""
     assert code == 2, err
     assert "Traceback" not in err
-    assert err.count("error: ") == 1 and err.strip().startswith("error: "), err
+    assert err.count("error: ") == 1, err
+    message = " ".join(err[err.index("error: ") :].split())  # after any log lines of the work done
     for needle in needles:
-        assert needle in " ".join(err.split()), (needle, err)
+        assert needle in message, (needle, err)
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +305,10 @@ def test_epoch_lines_fit_80_columns_and_early_stopping_is_explained(
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert epochs[0].startswith("epoch  1/50  loss ") and len(epochs) == 2
     assert lines[-1] == "stopped early at epoch 2: val_loss has not improved since epoch 1 (best)"
+
+
+def test_data_check_of_unusable_data_is_one_error_line(tmp_path: Path, capsys) -> None:
+    synthesize(tmp_path / "one", 4, classes=["normal"], size=32, seed=1)
+    code, out, err = run_cli(["data", "check", tmp_path / "one"], capsys)
+    assert "Data checks" in out  # the report is printed first
+    assert_one_line_error(code, err, f"{tmp_path / 'one'}: not usable for training")

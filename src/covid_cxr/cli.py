@@ -37,7 +37,10 @@ ReaderOpt = Annotated[str, typer.Option("--reader", "-r", help="reader name, or 
 OptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--option", "-o", help="reader option KEY=VALUE, e.g. -o pneumonia_types=true -o views=[PA,AP]"
+        "--option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="reader option, e.g. -o pneumonia_types=true -o views=[PA,AP] (repeatable)",
     ),
 ]
 
@@ -274,7 +277,10 @@ DataOpt = Annotated[Path, typer.Option("--data", "-d", help="dataset folder or C
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="preset name (covid-cxr presets)")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="override KEY=VALUE, e.g. train.epochs=3")
+    Optional[list[str]],
+    typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3 (repeatable)"
+    ),
 ]
 
 
@@ -384,7 +390,10 @@ def lr_find(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Learning-rate range test (seed 000): suggests a learning rate and saves the plot."""
+    """Learning-rate range test: a short run with a rising learning rate; suggests one and plots the loss.
+
+    As in the Pinto 2021 notebook (seed 000, which `covid-cxr presets` lists): the suggestion is where the smoothed loss falls fastest, before its minimum.
+    """  # noqa: E501 - typer keeps a docstring's line breaks
     from covid_cxr.training.lr_find import lr_find as run_lr_find
 
     cfg = _config(preset, config, overrides)
@@ -660,11 +669,16 @@ def explain(
     table = Table(title=f"{method} explanations (research use only, not for diagnosis)")
     for name in ("image", "predicted", "probability", "explained"):
         table.add_column(name, justify="right" if name == "probability" else "left", overflow="fold")
-    for item in done:
+    for item in done[:_TABLE_ROWS]:
         table.add_row(escape(item.path.name), item.predicted, f"{item.probability:.3f}", item.target)
     console.print(table)
+    if len(done) > _TABLE_ROWS:
+        console.print(f"  ... and {len(done) - _TABLE_ROWS} more")
     console.print(f"panels and overlays of {len(done)} images in {out}")
     _report_failures({**failures, **unreadable}, len(done))
+
+
+_TABLE_ROWS = 25  # explain's table; every panel is written either way
 
 
 def _run_folder(path: Path) -> Path:

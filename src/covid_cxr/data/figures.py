@@ -133,6 +133,7 @@ def sample_grid_figure(
     for ax in axes:
         ax.axis("off")
     fig.suptitle(label, fontsize=18)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # the class title above the file names
     return _save(fig, out_dir / f"sample_grid_{_safe_name(label)}.png")
 
 

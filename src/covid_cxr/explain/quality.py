@@ -104,7 +104,14 @@ def explanation_quality(
         "energy_ratio": float(np.mean(energy) / np.mean(share)),
         "pointing_hit_rate": float(np.mean(hits)),
     }
-    log.info("explanation quality %s", result)
+    log.debug(
+        "%s lesion energy %.2f (%.1fx uniform), pointing game %.2f on %d images",
+        method,
+        result["energy_in_mask"],
+        result["energy_ratio"],
+        result["pointing_hit_rate"],
+        result["images"],
+    )
     return result
 
 
