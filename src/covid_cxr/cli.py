@@ -524,15 +524,18 @@ def evaluate(
     from covid_cxr.evaluation.evaluate import evaluate_run
 
     for dataset in data or [None]:
-        result = evaluate_run(
-            run,
-            dataset,
-            reader=reader,
-            reader_options=parse_options(option),
-            shortcut_checks=shortcut_checks,
-            bootstrap=bootstrap,
-            seed=seed,
-        )
+        with progress_bar(f"evaluating {dataset.name if dataset else 'the test split'}") as bar:
+            task = bar.add_task("evaluate", total=None)
+            result = evaluate_run(
+                run,
+                dataset,
+                reader=reader,
+                reader_options=parse_options(option),
+                shortcut_checks=shortcut_checks,
+                bootstrap=bootstrap,
+                seed=seed,
+                progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+            )
         _print_evaluation(result)
     if report:
         _write_report(run)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,7 @@ def evaluate_run(
     batch_size: int = 32,
     explanation_images: int = 24,
     gallery_per_class: int = 2,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
 
@@ -96,6 +97,7 @@ def evaluate_run(
     `explanation_images` test images (0 = none) get the Grad-CAM quality scores: lesion energy share
     and pointing game where the data has lesion masks (phantoms), ROAD faithfulness on any data.
     `gallery_per_class` right and wrong predictions per class get a Grad-CAM overlay in the gallery.
+    `progress(done, total)` follows the images through the model (and its shortcut-check copies).
     """
     run = RunDir(run_dir).require(RunDir(run_dir).manifest, RunDir(run_dir).bundle)
     predictor = load_bundle(run.bundle, backend="torch")
@@ -103,7 +105,7 @@ def evaluate_run(
     classes, output = predictor.classes, info.head.output
     run_manifest = _run_manifest(run)
     name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {})
-    preds = predict_logits(predictor, manifest, shortcut_checks, batch_size)
+    preds = predict_logits(predictor, manifest, shortcut_checks, batch_size, progress)
     if not preds.rows:
         raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
     evaluated = manifest.iloc[preds.rows].reset_index(drop=True)
@@ -185,11 +187,16 @@ def class_key(name: str) -> str:
 
 
 def predict_logits(
-    predictor: Predictor, manifest: pd.DataFrame, variants: bool, batch_size: int = 32
+    predictor: Predictor,
+    manifest: pd.DataFrame,
+    variants: bool,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
     """Logits of every image, and with `variants` of its lungs-hidden and border-cropped copies.
 
     Each image is decoded once; undecodable ones are recorded in ``unreadable``, not raised.
+    `progress(done, total)` is called after each image.
     """
     names = VARIANTS if variants else VARIANTS[:1]
     preds = Predictions(logits={n: [] for n in names})
@@ -207,6 +214,8 @@ def predict_logits(
             pending[variant].append(preprocess(img, predictor.preprocess))
         if len(pending["full"]) == batch_size:
             _flush(predictor, pending, preds)
+        if progress is not None:
+            progress(pos + 1, len(manifest))
     _flush(predictor, pending, preds)
     return preds
 
@@ -325,7 +334,7 @@ def _explanation_scores(predictor: Predictor, evaluated: pd.DataFrame, n: int, s
             scores["lesion"] = explanation_quality(predictor, images, masks, targets=targets)
         except DataError as exc:  # no lesion pixel in the sample (e.g. only normal images)
             scores["lesion"] = {"skipped": str(exc)}
-    log.info("explanation quality on %d images: %s", len(images), scores)
+    log.info("Grad-CAM ROAD faithfulness on %d images: %.3f", len(images), scores["faithfulness_road"])
     return scores
 
 

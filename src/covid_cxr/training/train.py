@@ -342,10 +342,10 @@ def cross_validate(
     """k-fold over train+val (test kept aside): one run per fold in out/fold-<i>/, and cv_metrics.json."""
     save_manifest(manifest, RunDir(out).manifest)
     atomic_write_text(RunDir(out).config, dump_config(cfg))
-    runs = [
-        fit_split(cfg, fold, RunDir(out).fold(i).root, resume, progress, cache_dir, callbacks)
-        for i, fold in enumerate(fold_manifests(manifest, k, cfg), start=1)
-    ]
+    runs = []
+    for i, fold in enumerate(fold_manifests(manifest, k, cfg), start=1):
+        log.info("fold %d/%d", i, k)
+        runs.append(fit_split(cfg, fold, RunDir(out).fold(i).root, resume, progress, cache_dir, callbacks))
     summary = cv_summary([{"fold": i, **r.metrics} for i, r in enumerate(runs, start=1)])
     atomic_write_text(RunDir(out).cv_metrics, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, summary, folds=runs)
