@@ -60,7 +60,7 @@ def _grid(items: list[tuple[str, dict]], figure: Path) -> None:
         ax.axis("off")
     for ax, (name, item) in zip(np.ravel(axes), items, strict=False):
         ax.imshow(item["picture"])
-        flag = item["quality"] if item["quality"] == "ok" else f"FAIL: {item['quality']}"
+        flag = item["quality"] if item["quality"] == "ok" else f"\nFAIL: {item['quality']}"
         title = f"{name}\n{Path(item['path']).name}, lungs {item['area_fraction']:.0%}, {flag}"
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
