@@ -170,7 +170,7 @@ def test_kfold_with_sigmoid_head_class_weights_and_augmentation(tmp_path: Path) 
 def test_lr_find_suggests_a_rate_and_plots_it(tmp_path: Path) -> None:
     synthesize(tmp_path / "data", n=30, size=32, seed=6)
     cfg = _config(preprocess={"size": 32}, train={"batch_size": 8})
-    lr, plot = lr_find(cfg, tmp_path / "data", tmp_path / "lr", num_training=25, cache_dir=tmp_path / "c")
+    lr, plot = lr_find(cfg, tmp_path / "data", tmp_path / "lr", num_training=60, cache_dir=tmp_path / "c")
     assert 1e-7 < lr < 1.0
     assert plot == tmp_path / "lr" / "lr_find.png"
     with Image.open(plot) as png:
@@ -316,3 +316,14 @@ def test_plateau_schedule_and_early_stopping_follow_the_logged_val_loss(tmp_path
             stop = epoch
             break
     assert metrics["epoch"].tolist() == list(range(1, stop + 1))
+
+
+def test_steepest_descent_starts_after_an_early_rise_of_the_running_average() -> None:
+    from covid_cxr.training.lr_find import steepest_descent
+
+    lrs = np.logspace(-7, 0, 60)
+    x = np.log10(lrs)
+    rise = 1.0 - 0.5 * np.exp(-(x + 7) * 3)  # a lucky first batch: the average climbs from 0.5 to 1
+    loss = rise - 0.3 * (1 + np.tanh(2 * (x + 2.5))) / 2 + np.where(x > -1, 5 * (x + 1) ** 2, 0)
+    suggested = steepest_descent(list(lrs), list(loss))
+    assert suggested is not None and 1e-3 < suggested < 1e-2  # the fall centred on 3e-3

@@ -87,8 +87,7 @@ def steepest_descent(lrs: list[float], losses: list[float], min_points: int = 10
     if len(lr) < min_points:
         return None
     smoothed = smooth(loss, max(3, len(loss) // 20))
-    skip = len(loss) // 10  # the first steps are noise (as Lightning's skip_begin=10 of 100)
-    lowest = skip + int(np.argmin(smoothed[skip:]))
+    skip, lowest = descent_window(smoothed)
     if lowest - skip < 2:
         return None
     slope = np.gradient(smoothed[skip : lowest + 1], np.log10(lr[skip : lowest + 1]))
@@ -96,12 +95,22 @@ def steepest_descent(lrs: list[float], losses: list[float], min_points: int = 10
     return float(lr[skip + steepest]) if slope[steepest] < 0 else None
 
 
+def descent_window(smoothed: np.ndarray) -> tuple[int, int]:
+    """(start, minimum) of the descent: after the first steps' noise and any early rise, to the lowest loss.
+
+    The first tenth is noise (Lightning's skip_begin is 10 of 100); when the running average first
+    climbs (a lucky first batch), the descent starts at that early peak, within the first half.
+    """
+    n = len(smoothed)
+    start = max(n // 10, int(np.nanargmax(smoothed[: max(1, n // 2)])))
+    return start, start + int(np.nanargmin(smoothed[start:]))
+
+
 def plot_lr_range(lrs: list[float], losses: list[float], suggested: float, path: Path) -> Path:
     """Loss against learning rate (log axis), smoothed curve, suggestion and minimum marked, as PNG."""
     lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     smoothed = smooth(loss, max(3, len(loss) // 20))
-    skip = len(loss) // 10
-    lowest = skip + int(np.nanargmin(smoothed[skip:]))
+    _, lowest = descent_window(smoothed)
     at = int(np.argmin(np.abs(np.log(lr) - np.log(suggested))))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
