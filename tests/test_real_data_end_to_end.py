@@ -75,6 +75,7 @@ def test_the_report_holds_both_evaluations_and_the_flags(real_run: Path) -> None
     html = (real_run / "report.html").read_text(encoding="utf-8")
     evaluation = html[html.index('<section id="evaluation">') :]
     assert "test split" in evaluation and "external: kermany-224" in evaluation
+    assert "CAM energy in the lungs" in evaluation  # Grad-CAM's share inside the predicted lungs
     internal = json.loads((real_run / "evaluation" / "metrics.json").read_text())
     external = json.loads((real_run / "evaluation-kermany-224" / "metrics.json").read_text())
     assert external["dataset"]["class_matching"] == {"NORMAL": "Normal", "viral": "Viral Pneumonia"}

@@ -181,22 +181,52 @@ def data_check(
     reader: ReaderOpt = "auto",
     option: OptionOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    lungs: Annotated[
+        bool,
+        typer.Option("--lungs", help="also segment each image: lung area, components, implausible ones"),
+    ] = False,
 ) -> None:
     """Decode every file and report unreadable files, duplicates, class balance, sizes and sources."""
     from covid_cxr.data.checks import render_report
 
     result = _read(source, reader, option)
     report = _check(result)
+    audit = _lung_audit(result.manifest["path"].astype(str).tolist()) if lungs else None
     if as_json:
         payload = report.to_dict()
         payload["reader_counts"] = result.counts
+        if audit is not None:
+            payload["lungs"] = audit
         typer.echo(json.dumps(payload, indent=2))
     else:
         if result.counts:
             console.print("Reader: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
         render_report(report, console)
+        if audit is not None:
+            _print_lung_audit(audit)
     if not report.usable:
         raise CxrError(f"{source}: not usable for training: {report.unusable_reason}")
+
+
+def _lung_audit(paths: list[str]) -> list[dict]:
+    """Lung area fraction, component count and quality of every image, with a progress bar."""
+    from covid_cxr.lungs.predict import audit_files
+
+    with progress_bar("segmenting lungs") as bar:
+        task = bar.add_task("lungs", total=len(paths))
+        rows = []
+        for path in paths:
+            rows += audit_files([path])
+            bar.advance(task)
+    return rows
+
+
+def _print_lung_audit(rows: list[dict]) -> None:
+    """How many images show two plausible lungs, and the others by name."""
+    bad = [r for r in rows if r["quality"] != "ok"]
+    console.print(f"lungs: {len(rows) - len(bad)} of {len(rows)} images show two plausible lungs")
+    for item in bad:
+        console.print(f"  {escape(item['path'])}: {escape(item['quality'])} (lungs {item['area_fraction']})")
 
 
 @data_app.command("inspect")
@@ -884,16 +914,11 @@ def lungs_check(
     as_json: Annotated[bool, typer.Option("--json", help="print every image's figures as JSON")] = False,
 ) -> None:
     """Lung area fraction and components per image; lists images without two plausible lungs."""
-    from covid_cxr.lungs.predict import audit_files
-
-    rows = audit_files(_read(source, reader, option).manifest["path"].astype(str))
+    rows = _lung_audit(_read(source, reader, option).manifest["path"].astype(str).tolist())
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    bad = [r for r in rows if r["quality"] != "ok"]
-    console.print(f"{len(rows) - len(bad)} of {len(rows)} images show two plausible lungs")
-    for item in bad:
-        console.print(f"  {escape(item['path'])}: {escape(item['quality'])} (lungs {item['area_fraction']})")
+    _print_lung_audit(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,3 +81,18 @@ def test_lungs_check_lists_implausible_images(shared_data: Path, tmp_path: Path)
     rows = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
     assert rows["blank.png"]["quality"] != "ok"
     assert sum(r["quality"] == "ok" for r in rows.values()) >= 2
+
+
+def test_data_check_with_lungs_reports_each_image(shared_data: Path, tmp_path: Path) -> None:
+    for label in ("COVID", "Normal"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for file in sorted((shared_data / "radiography-224" / label).iterdir())[:3]:
+            (tmp_path / "data" / label / file.name).symlink_to(file)
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / "data" / "Normal" / "blank.png")
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "data"), "--lungs", "--json"])
+    assert result.exit_code == 0, result.output
+    lungs = {Path(r["path"]).name: r for r in json.loads(result.stdout)["lungs"]}
+    assert len(lungs) == 7
+    assert lungs["blank.png"]["quality"] != "ok"
+    assert sum(r["quality"] == "ok" for r in lungs.values()) == 6
+    assert all(0 <= r["area_fraction"] <= 1 and r["components"] >= 0 for r in lungs.values())

@@ -162,6 +162,7 @@ def _details(evaluation: Evaluation) -> dict:
         "per_class": _per_class_rows(e["metrics"], intervals),
         "calibration": _calibration_rows(e["calibration"], e.get("temperature", {})),
         "per_source": _per_source_rows(e.get("per_source")),
+        "cam_in_lungs": _cam_in_lungs_rows(e.get("cam_in_lungs")),
         "figures": evaluation_figures(evaluation.folder),
         "report_text": e["metrics"].get("report_text", ""),
     }
@@ -199,6 +200,23 @@ def _calibration_rows(cal: dict, temperature: dict) -> list[tuple[str, str]]:
         (f"ECE, {cal['n_bins']} bins (T = 1 → T)", f"{fmt(cal['ece_before'])} → {fmt(cal['ece_after'])}"),
         ("Negative log-likelihood (T = 1 → T)", f"{fmt(cal['nll_before'])} → {fmt(cal['nll_after'])}"),
     ]
+
+
+def _cam_in_lungs_rows(share: dict | None) -> dict | None:
+    """Per class: Grad-CAM energy inside the lungs, the lungs' share of the image and their ratio."""
+    if not share:
+        return None
+    classes = {k: v for k, v in share.items() if isinstance(v, dict) and "ratio" in v}
+    masks = share.get("lung_masks") or {}
+    return {
+        "header": ["true class", "images", "CAM energy in the lungs", "lungs' share of the image", "ratio"],
+        "rows": [
+            [c, str(v["images"]), fmt(v["energy_in_lungs"]), fmt(v["lung_share"]), fmt(v["ratio"], 2)]
+            for c, v in classes.items()
+        ],
+        "note": ", ".join(f"{k} masks {v}" for k, v in masks.items())
+        + f"; {share.get('skipped_no_lungs', 0)} images without plausible lungs left out",
+    }
 
 
 def _per_source_rows(per_source: dict | None) -> dict | None:
