@@ -152,3 +152,10 @@ def test_train_on_two_sources_then_evaluate_with_a_class_the_model_lacks(
         f"{PER_FOLDER // 2} images, not a model"
     )
     assert metrics["source_predictability"]["verdict"].startswith("SKIP: one source")
+    report = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
+    assert report.exit_code == 0, report.output
+    html = (run / "report.html").read_text(encoding="utf-8")
+    section = html[html.index('<section id="generalisation">') : html.index('<section id="model_card">')]
+    assert "Will this hold at another hospital?" in section and "external: kermany-test" in section
+    assert f"of {fc['n_non_covid']}</td>" in section and "Verdict:" in section
+    assert "Source predictability (from the trained model" in html  # beside the acquisition cues
