@@ -159,3 +159,43 @@ def test_train_on_two_sources_then_evaluate_with_a_class_the_model_lacks(
     assert "Will this hold at another hospital?" in section and "external: kermany-test" in section
     assert f"of {fc['n_non_covid']}</td>" in section and "Verdict:" in section
     assert "Source predictability (from the trained model" in html  # beside the acquisition cues
+
+
+def test_reader_options_and_maps_follow_their_data() -> None:
+    from typer.main import get_command
+
+    from covid_cxr.cli import _ORDER, per_source
+
+    args = ["runs/x", "--map", "a=b", "--data", "A", "-r", "folder", "--data", "B"]
+    args += ["-o", "pneumonia_types=true", "--map", "bacterial=-"]
+    ctx = get_command(app).commands["evaluate"].make_context("evaluate", args)
+    token = _ORDER.set(ctx.meta["option_order"])
+    try:
+        p = ctx.params
+        sources = per_source(p["data"], p["reader"], p["option"], p["class_map"])
+    finally:
+        _ORDER.reset(token)
+    assert [(str(s["path"]), s["reader"], s["option"], s["class_map"]) for s in sources] == [
+        ("A", "folder", {}, {"a": "b"}),
+        ("B", "auto", {"pneumonia_types": True}, {"a": "b", "bacterial": "-"}),
+    ]
+
+
+@pytest.mark.shared_data
+def test_data_check_applies_the_class_map(slices: tuple[Path, Path]) -> None:
+    radiography, _ = slices
+    args = [
+        "data",
+        "check",
+        str(radiography),
+        "--map",
+        "Viral Pneumonia=-",
+        "--map",
+        "Normal=healthy",
+        "--json",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert sorted(c["label"] for c in report["classes"]) == ["COVID", "healthy"]
+    assert report["n_images"] == 2 * PER_FOLDER
