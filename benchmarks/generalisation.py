@@ -169,10 +169,10 @@ def main() -> None:
                 rows.append(row(model, dataset, evaluate_run(run, path, reader_options=options, **common)))
             rows.append(normals_row(model, run, paths["lungs"] / "Normal"))
             for r in rows[-4:]:
-                print(" | ".join(str(v) for v in r.values()), file=sys.stderr, flush=True)  # noqa: T201
+                print(" | ".join(str(r[k]) for k in rows[0]), file=sys.stderr, flush=True)  # noqa: T201
     settings = {"preset": "demo", "size": args.size, "epochs": args.epochs, "bootstrap": args.bootstrap}
     print_header("Generalisation: internal vs external", settings)
-    print_table(list(rows[0]), [list(r.values()) for r in rows])
+    print_table(list(rows[0]), [[r[k] for k in rows[0]] for r in rows])
 
 
 if __name__ == "__main__":
