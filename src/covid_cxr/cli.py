@@ -10,10 +10,12 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
+import typer.core
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
@@ -62,6 +64,68 @@ class _OursOrWarnings(logging.Filter):
 
 
 _TRAINING_COMMANDS = ("train", "lr-find", "demo")
+
+
+MapOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--map", help="class mapping LABEL=CLASS, e.g. --map No_findings=Normal; LABEL=- drops the label"
+    ),
+]
+ReadersOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--reader", "-r", help="reader name, or 'auto' to detect the layout (per --data)"),
+]
+PER_SOURCE = ("reader", "option", "class_map")  # options that apply to the --data they follow
+_ORDER: ContextVar[list[str] | None] = ContextVar("option_order", default=None)
+
+
+class InOrder(typer.core.TyperCommand):
+    """A command that remembers the order of its options, so that -o/--map/--reader follow their --data."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        ctx.meta["option_order"] = [param.name for param in order]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> object:
+        token = _ORDER.set(ctx.meta.get("option_order"))
+        try:
+            return super().invoke(ctx)
+        finally:
+            _ORDER.reset(token)
+
+
+def per_source(
+    data: list[Path], reader: list[str] | str | None, option: list[str] | None, class_map: list[str] | None
+) -> list[dict]:
+    """Each --data with the --reader, -o and --map given after it (and before the next --data).
+
+    Those given before the first --data apply to every source. Without a recorded order (a call
+    from Python), all of them apply to every source.
+    """
+    from covid_cxr.data.sources import parse_class_map
+
+    order = _ORDER.get()
+    values = {"reader": [reader] if isinstance(reader, str) else list(reader or [])}
+    values.update(option=list(option or []), class_map=list(class_map or []))
+    if order is None or "data" not in order:
+        order = [*(n for n in PER_SOURCE for _ in values[n]), *(["data"] * len(data))]
+    pending = {n: iter(v) for n, v in values.items()}
+    common: dict = {"reader": "auto", "option": [], "class_map": []}
+    sources: list[dict] = []
+    paths = iter(data)
+    for name in order:
+        if name == "data":
+            sources.append({**common, "path": next(paths), "option": [], "class_map": []})
+        elif name in PER_SOURCE:
+            target = sources[-1] if sources else common
+            value = next(pending[name])
+            target[name] = value if name == "reader" else [*target[name], value]
+    for source in sources:
+        source["option"] = {**parse_options(common["option"]), **parse_options(source["option"])}
+        source["class_map"] = {**parse_class_map(common["class_map"]), **parse_class_map(source["class_map"])}
+    return sources
 
 
 @app.callback()
@@ -185,11 +249,19 @@ def data_check(
         bool,
         typer.Option("--lungs", help="also segment each image: lung area, components, implausible ones"),
     ] = False,
+    class_map: MapOpt = None,
 ) -> None:
     """Decode every file and report unreadable files, duplicates, class balance, sizes and sources."""
+    from dataclasses import replace
+
     from covid_cxr.data.checks import render_report
+    from covid_cxr.data.sources import apply_class_map, parse_class_map
 
     result = _read(source, reader, option)
+    if class_map:
+        result = replace(
+            result, manifest=apply_class_map(result.manifest, parse_class_map(class_map), str(source))
+        )
     report = _check(result)
     audit = _lung_audit(result.manifest["path"].astype(str).tolist()) if lungs else None
     if as_json:
@@ -314,15 +386,24 @@ SetOpt = Annotated[
 ]
 
 
-@app.command("train")
+@app.command("train", cls=InOrder)
 def train(
-    data: DataOpt,
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data", "-d", help="dataset folder or CSV manifest; repeat it to train on several sources"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME (NAME is the run's name)")],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    reader: ReaderOpt = "auto",
+    reader: ReadersOpt = None,
     option: OptionOpt = None,
+    class_map: MapOpt = None,
+    holdout_source: Annotated[
+        Optional[str], typer.Option(help="make this whole source (its folder name) the test split")
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="continue the run in --out from checkpoints/last.ckpt")
     ] = False,
@@ -337,7 +418,10 @@ def train(
         bool, typer.Option("--compile", help="torch.compile the model (faster GPU steps after ~1 min)")
     ] = False,
 ) -> None:
-    """Train a model and write the run folder (config, manifest, checks, checkpoints, metrics, bundle)."""
+    """Train a model and write the run folder (config, manifest, checks, checkpoints, metrics, bundle).
+
+    --reader, -o and --map apply to the --data they follow (before the first --data: to every one).
+    """
     from covid_cxr.evaluation.calibrate import describe
     from covid_cxr.training.train import train_run
 
@@ -348,13 +432,14 @@ def train(
     ]
     if compile_model:
         extra.append("train.compile=true")
-    data_overrides = [f"data.reader={reader}"] if reader != "auto" else []
-    data_overrides += [f"data.reader_options.{k}={json.dumps(v)}" for k, v in parse_options(option).items()]
     named = [] if any(o.startswith("name=") for o in overrides or []) else [f"name={out.resolve().name}"]
-    cfg = _config(preset, config, [*named, *data_overrides, *(overrides or []), *extra])
+    if holdout_source:
+        extra.append(f"data.holdout_source={holdout_source}")
+    cfg = _config(preset, config, [*named, *(overrides or []), *extra])
+    cfg, single = _with_sources(cfg, per_source(data, reader, option, class_map))
     writable_dir(out), _writable_cache()
     with _on_interrupt(_resume_command()):
-        result = train_run(cfg, data, out, resume=resume, folds=folds, overwrite=overwrite)
+        result = train_run(cfg, single, out, resume=resume, folds=folds, overwrite=overwrite)
     console.print(f"run folder: {result.out}")
     if result.metrics:
         console.print(_metrics_line(result.metrics))
@@ -364,6 +449,26 @@ def train(
         info = read_bundle_info(result.bundle)
         console.print(describe(info.calibration, info.temperature))
         console.print(f"bundle: {result.bundle}")
+
+
+def _with_sources(cfg, sources: list[dict]):
+    """(config, data path): one source fills data.reader/reader_options/map; several fill data.sources."""
+    from covid_cxr.config import SourceConfig
+
+    data = cfg.data
+    if len(sources) == 1:
+        (source,) = sources
+        update = {
+            "reader": data.reader if source["reader"] == "auto" else source["reader"],
+            "reader_options": {**data.reader_options, **source["option"]},
+            "map": {**data.map, **source["class_map"]},
+        }
+        return cfg.model_copy(update={"data": data.model_copy(update=update)}), source["path"]
+    specs = [
+        SourceConfig(path=str(s["path"]), reader=s["reader"], options=s["option"], map=s["class_map"])
+        for s in sources
+    ]
+    return cfg.model_copy(update={"data": data.model_copy(update={"sources": specs, "source": None})}), None
 
 
 @app.command("calibrate")
@@ -529,14 +634,14 @@ def _test_split_images(run: Path) -> list[Path]:
     return [Path(p) for p in frame.loc[frame["split"] == "test", "path"]]
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=InOrder)
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
     data: Annotated[
         Optional[list[Path]],
         typer.Option("--data", "-d", help="another dataset (repeatable; classes matched by name)"),
     ] = None,
-    reader: ReaderOpt = "auto",
+    reader: ReadersOpt = None,
     option: OptionOpt = None,
     shortcut_checks: Annotated[
         bool,
@@ -549,21 +654,28 @@ def evaluate(
     ] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
+    class_map: MapOpt = None,
 ) -> None:
-    """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or other datasets)."""
+    """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or other datasets).
+
+    --reader, -o and --map apply to the --data they follow (before the first --data: to every one).
+    """
     from covid_cxr.evaluation.evaluate import evaluate_run
 
-    for dataset in data or [None]:
-        with progress_bar(f"evaluating {dataset.name if dataset else 'the test split'}") as bar:
+    sources = per_source(data, reader, option, class_map) if data else [None]
+    for source in sources:
+        name = "the test split" if source is None else Path(source["path"]).name
+        with progress_bar(f"evaluating {name}") as bar:
             task = bar.add_task("evaluate", total=None)
             result = evaluate_run(
                 run,
-                dataset,
-                reader=reader,
-                reader_options=parse_options(option),
+                None if source is None else source["path"],
+                reader="auto" if source is None else source["reader"],
+                reader_options=None if source is None else source["option"],
                 shortcut_checks=shortcut_checks,
                 bootstrap=bootstrap,
                 seed=seed,
+                class_map=None if source is None else source["class_map"],
                 progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
             )
         _print_evaluation(result)
@@ -594,6 +706,15 @@ def _print_evaluation(result: dict) -> None:
     for key in ("confounding", "confounding_evaluated", "lungs_hidden", "border_crop"):
         if key in shortcuts:
             console.print(f"[bold]{key}[/]: {escape(shortcuts[key]['verdict'])}")
+    for label, action in (result["dataset"].get("class_handling") or {}).items():
+        console.print(f"class {escape(label)}: {escape(action)}")
+    if fc := result.get("false_covid"):
+        console.print(
+            f"[bold]non-COVID called COVID[/]: {fc['called_covid']} of {fc['n_non_covid']} "
+            f"({_num(fc['share'])}), {fc['n_outside_model_classes']} of them of classes the model lacks"
+        )
+    if sp := result.get("source_predictability"):
+        console.print(f"[bold]source predictability[/]: {escape(sp['verdict'])}")
     console.print(f"evaluation folder: {result['output_dir']}")
 
 

@@ -14,12 +14,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SourceConfig(_Strict):
+    """One data source of a run: its path, reader, reader options and class mapping."""
+
+    path: str
+    name: str | None = Field(None, description="the source's name in the manifest (default: its folder name)")
+    reader: str = "auto"
+    options: dict = Field(default_factory=dict, description="reader options, e.g. pneumonia_types: true")
+    map: dict[str, str] = Field(
+        default_factory=dict, description="data label -> class name; '-' drops the label's images"
+    )
+
+
 class DataConfig(_Strict):
     """Where the images come from and how they are split and balanced."""
 
     source: str | None = None
     reader: str = "auto"
     reader_options: dict = Field(default_factory=dict)
+    map: dict[str, str] = Field(
+        default_factory=dict, description="class mapping of data.source: label -> class name, '-' drops it"
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="several sources in one run (replaces source/reader/map)"
+    )
+    holdout_source: str | None = Field(None, description="this whole source (by name) is the test split")
     classes: list[str] | None = Field(None, description="keep only these labels, in this order")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.15, ge=0, lt=1, description="fraction of what remains after the test split")
@@ -28,7 +47,9 @@ class DataConfig(_Strict):
     )
     use_given_split: bool = Field(True, description="keep a split the source provides (Kermany train/test)")
     group_by_patient: bool = True
-    balance: Literal["none", "undersample", "class_weights", "sampler"] = "none"
+    balance: Literal["none", "undersample", "class_weights", "sampler", "source_class"] = Field(
+        "none", description="source_class: the sampler weights every (source, class) cell equally"
+    )
     seed: int = 42
 
 

@@ -61,7 +61,8 @@ class CxrDataModule(L.LightningDataModule):
     Batches leave the loader as stored (uint8 NHWC images or float features); once on the device,
     `prepare` (e.g. normalisation) runs on every batch and `augment` on training batches only.
     A 4-D result is made channels_last. With `balance_sampler`, training draws a
-    WeightedRandomSampler (inverse class frequency); otherwise it shuffles with a seeded generator.
+    WeightedRandomSampler (inverse class frequency, or inverse frequency of the row's `strata` cell, e.g.
+    its (source, class)); otherwise it shuffles with a seeded generator.
     On a CUDA trainer without loader workers, the array moves to the GPU once when it fits in
     DEVICE_CACHE_FRACTION of the free memory, so batches are gathered there and nothing is copied per step;
     otherwise batches are pinned so that their copy to the GPU does not block.
@@ -78,6 +79,7 @@ class CxrDataModule(L.LightningDataModule):
         prepare: OnDevice | None = None,
         augment: nn.Module | None = None,
         balance_sampler: bool = False,
+        strata: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if not len(splits.get("train", ())) or not len(splits.get("val", ())):
@@ -85,6 +87,7 @@ class CxrDataModule(L.LightningDataModule):
         self.inputs, self.labels, self.splits = inputs, np.asarray(labels), dict(splits)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.prepare_batch, self.augment, self.balance_sampler = prepare, augment, balance_sampler
+        self.strata = None if strata is None else np.asarray(strata)
         self.pin_memory = False
 
     def setup(self, stage: str) -> None:
@@ -150,8 +153,11 @@ class CxrDataModule(L.LightningDataModule):
         )
 
     def _sampler(self, generator: torch.Generator) -> WeightedRandomSampler:
-        """Draw training rows with probability inversely proportional to their class's size."""
-        y = self.labels[self.splits["train"]]
+        """Draw training rows with probability inversely proportional to their cell's size.
+
+        A cell is the row's class, or its entry of `strata` (e.g. one per (source, class)) when given.
+        """
+        y = (self.labels if self.strata is None else self.strata)[self.splits["train"]]
         counts = np.bincount(y)
         weights = 1.0 / counts[y]
         return WeightedRandomSampler(

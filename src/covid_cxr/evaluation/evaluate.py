@@ -25,6 +25,7 @@ from covid_cxr.data.images import load_image
 from covid_cxr.data.manifest import load_manifest
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.data.readers import read_source
+from covid_cxr.data.sources import DROP, apply_class_map
 from covid_cxr.errors import DataError, ImageError
 from covid_cxr.evaluation.calibration import (
     apply_temperature,
@@ -33,6 +34,7 @@ from covid_cxr.evaluation.calibration import (
     reliability_bins,
 )
 from covid_cxr.evaluation.gallery import write_gallery
+from covid_cxr.evaluation.generalisation import false_covid, penultimate, source_predictability
 from covid_cxr.evaluation.intervals import headline_intervals
 from covid_cxr.evaluation.metrics import classification_summary, headline
 from covid_cxr.evaluation.plots import write_figures
@@ -71,6 +73,7 @@ class Predictions:
     logits: dict[str, list[np.ndarray]] = field(default_factory=dict)
     unreadable: list[dict] = field(default_factory=list)
     mask_sources: dict[str, int] = field(default_factory=lambda: {"manifest": 0, "fixed_ellipses": 0})
+    features: list[np.ndarray] = field(default_factory=list)  # penultimate features of the full images
 
     def array(self, variant: str) -> np.ndarray:
         """(n, outputs) logits of one variant."""
@@ -88,6 +91,7 @@ def evaluate_run(
     batch_size: int = 32,
     explanation_images: int = 24,
     gallery_per_class: int = 2,
+    class_map: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
@@ -97,6 +101,9 @@ def evaluate_run(
     `explanation_images` test images (0 = none) get the Grad-CAM quality scores: lesion energy share
     and pointing game where the data has lesion masks (phantoms), ROAD faithfulness on any data.
     `gallery_per_class` right and wrong predictions per class get a Grad-CAM overlay in the gallery.
+    `class_map` renames the data's labels (``{"No_findings": "Normal", "Pneumonia": "-"}``, '-' drops);
+    images of classes the model lacks are predicted too and counted in ``false_covid`` (the share of all
+    non-COVID images called COVID), not in the other metrics.
     `progress(done, total)` follows the images through the model (and its shortcut-check copies).
     """
     run = RunDir(run_dir).require(RunDir(run_dir).manifest, RunDir(run_dir).bundle)
@@ -104,14 +111,17 @@ def evaluate_run(
     info = predictor.bundle_info
     classes, output = predictor.classes, info.head.output
     run_manifest = _run_manifest(run)
-    name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {})
+    name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {}, class_map)
     preds = predict_logits(predictor, manifest, shortcut_checks, batch_size, progress)
     if not preds.rows:
         raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
-    evaluated = manifest.iloc[preds.rows].reset_index(drop=True)
+    every = manifest.iloc[preds.rows].reset_index(drop=True)  # with the classes the model lacks (_y -1)
+    known = every["_y"].to_numpy() >= 0
+    evaluated = every[known].reset_index(drop=True)
     y = evaluated["_y"].to_numpy()
-    probs = apply_temperature(preds.array("full"), info.temperature, output)
-    raw = {v: apply_temperature(preds.array(v), 1.0, output) for v in preds.logits}  # shortcut checks: T = 1
+    probs_every = apply_temperature(preds.array("full"), info.temperature, output)
+    probs = probs_every[known]
+    raw = {v: apply_temperature(preds.array(v), 1.0, output)[known] for v in preds.logits}  # T = 1
     dataset.update(
         n_evaluated=len(evaluated),
         fingerprint=image_list_fingerprint(evaluated),
@@ -131,6 +141,13 @@ def evaluate_run(
         "intervals": _intervals(y, probs, classes, bootstrap, seed),
         "calibration": _calibration(y, raw["full"], probs, info.temperature),
         "per_source": _per_source(evaluated, y, probs, classes),
+        "false_covid": false_covid(
+            every["label"].astype(str).to_numpy(),
+            every["_y"].to_numpy(),
+            probs_every.argmax(axis=1),
+            _covid(classes),
+        ),
+        "source_predictability": _source_predictability(every, preds, seed),
         "shortcuts": None,
     }
     result["explanations"] = _explanation_scores(predictor, evaluated, explanation_images, seed)
@@ -249,9 +266,26 @@ def _flush(predictor: Predictor, pending: dict[str, list[torch.Tensor]], preds: 
     """Run the model on the pending batch of every variant and empty it."""
     for variant, tensors in pending.items():
         if tensors:
-            with torch.inference_mode():
+            with torch.inference_mode(), penultimate(predictor.model) as captured:
                 preds.logits[variant].append(predictor.model(torch.stack(tensors)).float().numpy())
+            if variant == "full" and captured:
+                preds.features.append(captured[-1])
             tensors.clear()
+
+
+def _covid(classes: Sequence[str]) -> int | None:
+    """The model's COVID class index (by name or alias), or None."""
+    return next((k for k, c in enumerate(classes) if class_key(c) == "covid"), None)
+
+
+def _source_predictability(every: pd.DataFrame, preds: Predictions, seed: int) -> dict:
+    """Source predictability from the penultimate features of every evaluated image, within each label."""
+    features = np.concatenate(preds.features) if preds.features else np.zeros((len(every), 0))
+    patients = every["patient_id"].astype(object).where(every["patient_id"].notna(), None)
+    groups = np.array([p if p not in (None, "") else f"row{i}" for i, p in enumerate(patients)], dtype=object)
+    return source_predictability(
+        features, every["source"].astype(str).to_numpy(), every["label"].astype(str).to_numpy(), groups, seed
+    )
 
 
 def _run_manifest(run: RunDir) -> pd.DataFrame:
@@ -263,9 +297,14 @@ def _run_manifest(run: RunDir) -> pd.DataFrame:
 
 
 def _dataset(
-    run_manifest: pd.DataFrame, classes: list[str], data: str | Path | None, reader: str, options: dict
+    run_manifest: pd.DataFrame,
+    classes: list[str],
+    data: str | Path | None,
+    reader: str,
+    options: dict,
+    class_map: dict[str, str] | None = None,
 ) -> tuple[str, pd.DataFrame, dict]:
-    """(name, manifest with class index column `_y`, description) of the data to evaluate."""
+    """(name, manifest with class index column `_y`, -1 for a class the model lacks, description)."""
     if data is None:
         test = run_manifest[run_manifest["split"] == "test"]
         if test.empty:
@@ -274,25 +313,51 @@ def _dataset(
         info = {"name": TEST, "source": "the run's test split", "n_images": len(test), "external": False}
         return TEST, frame, {**info, "class_matching": mapping, "excluded": {}, "reader_problems": 0}
     result = read_source(data, reader=reader, **options)
-    frame, mapping = _labelled(result.manifest, classes)
-    labels = result.manifest["label"].astype(str)
-    excluded = {str(k): int(v) for k, v in labels[~labels.isin(mapping)].value_counts().items()}
-    if excluded:
-        log.info("left out images of classes the model does not know: %s", excluded)
     path = Path(data)
     stem = path.stem if path.is_file() else path.resolve().name
     name = dataset_slug(stem)
     name = f"{name}-data" if name == TEST else name
+    mapped = apply_class_map(result.manifest, class_map or {}, name)
+    frame, mapping = _labelled(mapped, classes)
+    labels = mapped["label"].astype(str)
+    outside = mapped[~labels.isin(mapping)].assign(_y=-1)
+    frame = pd.concat([frame, outside], ignore_index=True)
+    excluded = {str(k): int(v) for k, v in labels[~labels.isin(mapping)].value_counts().items()}
+    handling = class_handling(result.manifest["label"].astype(str), class_map or {}, mapping, _covid(classes))
+    for label, action in handling.items():
+        log.info("%s: class %r: %s", name, label, action)
     info = {
         "name": name,
         "external": True,
         "source": str(path.resolve()),
         "n_images": len(result.manifest),
         "class_matching": mapping,
+        "class_map": dict(class_map or {}),
+        "class_handling": handling,
         "excluded": excluded,
         "reader_problems": len(result.problems),
     }
     return name, frame, info
+
+
+def class_handling(
+    labels: pd.Series, class_map: dict[str, str], matching: dict[str, str], covid: int | None
+) -> dict[str, str]:
+    """What evaluate did with each label of the data, in plain words (metrics.json and the CLI)."""
+    out = {}
+    for label, n in labels.value_counts().sort_index().items():
+        target = class_map.get(label, label)
+        how = f"--map to {target!r}, " if target != label and target != DROP else ""
+        if target == DROP:
+            out[label] = f"{n} images dropped (--map {label}=-)"
+        elif target in matching:
+            out[label] = f"{n} images, {how}model class {matching[target]!r}: in every metric"
+        else:
+            share = "; counted in the share of non-COVID images called COVID" if covid is not None else ""
+            out[label] = (
+                f"{n} images, {how}not a model class: predicted, left out of the class metrics{share}"
+            )
+    return out
 
 
 def _labelled(manifest: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:

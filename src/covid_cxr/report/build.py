@@ -26,6 +26,7 @@ from covid_cxr.report.checks import checks_section, splits_section
 from covid_cxr.report.evaluation import at_a_glance, evaluation_section
 from covid_cxr.report.format import missing
 from covid_cxr.report.gallery import gallery_section
+from covid_cxr.report.generalisation import generalisation_section
 from covid_cxr.report.run_files import READ_ERRORS, RunFiles, read_run
 from covid_cxr.report.shortcuts import shortcuts_section
 from covid_cxr.report.training import config_section, training_section
@@ -52,6 +53,7 @@ SECTIONS = {  # section id -> heading, in page order
     "evaluation": "Evaluations",
     "gallery": "Grad-CAM gallery",
     "shortcuts": "Shortcut checks",
+    "generalisation": "Will this hold at another hospital?",
     "model_card": "Model card",
 }
 
@@ -81,6 +83,7 @@ def report_context(files: RunFiles) -> dict[str, Any]:
         "evaluation": lambda: evaluation_section(files),
         "gallery": lambda: gallery_section(files),
         "shortcuts": lambda: shortcuts_section(files),
+        "generalisation": lambda: generalisation_section(files),
         "model_card": lambda: model_card(files),
     }
     sections = {key: _guarded(key, build) for key, build in builders.items()}

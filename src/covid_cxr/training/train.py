@@ -26,16 +26,16 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from covid_cxr.bundle import write_bundle
-from covid_cxr.config import RunConfig
+from covid_cxr.config import RunConfig, SourceConfig
 from covid_cxr.data.augment import TensorAugment
 from covid_cxr.data.cache import ImageCache
 from covid_cxr.data.checks import duplicate_group_ids, run_checks, save_report, usable_manifest
 from covid_cxr.data.datamodule import CxrDataModule
 from covid_cxr.data.manifest import load_manifest, save_manifest
 from covid_cxr.data.preprocess import dataset_stats, normalize
-from covid_cxr.data.readers import read_source
+from covid_cxr.data.sources import data_sources, holdout_split, read_sources, source_name
 from covid_cxr.data.splits import SPLITS, assert_no_leakage, class_weights, kfold, split_manifest, undersample
-from covid_cxr.errors import ConfigError, DataError, TrainingInterrupted
+from covid_cxr.errors import DataError, TrainingInterrupted
 from covid_cxr.io import atomic_write_text
 from covid_cxr.models.module import CxrModule
 from covid_cxr.models.zoo import build_from_config
@@ -98,6 +98,7 @@ def train_run(
         cfg = cfg.model_copy(
             update={"data": cfg.data.model_copy(update={"source": str(Path(data).resolve())})}
         )
+    cfg = _resolved_sources(cfg)
     manifest = _saved_manifest(run_dir) if resume else None
     if manifest is None:
         manifest = prepare_manifest(cfg, data, run_dir)
@@ -107,11 +108,14 @@ def train_run(
 
 
 def prepare_manifest(cfg: RunConfig, data: str | Path | None, out: Path) -> pd.DataFrame:
-    """Read the source, write checks.json, drop unusable rows and other classes, split, check leakage."""
-    source = data if data is not None else cfg.data.source
-    if source is None:
-        raise ConfigError("no training data: pass a data source or set data.source in the config")
-    result = read_source(source, reader=cfg.data.reader, **cfg.data.reader_options)
+    """Read and map the sources, write checks.json, drop unusable rows and other classes, split, check leaks.
+
+    Several sources (data.sources) are merged; their duplicates, found by the checks on the merged
+    manifest, stay in one split. data.holdout_source makes one whole source the test split.
+    """
+    specs = data_sources(cfg.data if data is None else cfg.data.model_copy(update={"source": str(data)}))
+    source = ", ".join(s.path for s in specs)
+    result = read_sources(specs)
     report = run_checks(result.manifest, result.problems)
     checks = RunDir(out).checks
     save_report(report, checks)
@@ -122,6 +126,10 @@ def prepare_manifest(cfg: RunConfig, data: str | Path | None, out: Path) -> pd.D
     if cfg.data.balance == "undersample":
         manifest = undersample(manifest, cfg.data.seed)
     d = cfg.data
+    if d.holdout_source is not None:
+        split = holdout_split(manifest.drop(columns="_dup"), d.holdout_source, d, manifest["_dup"].to_numpy())
+        assert_no_leakage(split, patients=d.group_by_patient)
+        return split
     split = split_manifest(
         manifest.drop(columns="_dup"),
         d.test_fraction,
@@ -201,7 +209,8 @@ def build_stage(cfg: RunConfig, manifest: pd.DataFrame, cache_dir: str | Path | 
         batch_size=cfg.train.batch_size,
         num_workers=cfg.train.num_workers,
         seed=cfg.train.seed,
-        balance_sampler=cfg.data.balance == "sampler",
+        balance_sampler=cfg.data.balance in ("sampler", "source_class"),
+        strata=_sampler_cells(cfg, manifest),
     )
     module, datamodule = _module_and_data(cfg, model, images, weights, loaders)
     return Stage(cfg, classes, model, module, datamodule, has_test=len(splits["test"]) > 0)
@@ -403,20 +412,45 @@ def _write_bundle(stage: Stage, manifest: pd.DataFrame, metrics: dict, folder: P
 
 
 def training_data(cfg: RunConfig, manifest: pd.DataFrame) -> list[dict]:
-    """What trained the model (bundle.json): the source, its reader and options, images per split/class."""
-    counts = manifest.groupby(["split", "label"]).size()
-    per_split = {
-        split: {str(k): int(v) for k, v in counts[split].items()} for split in counts.index.levels[0]
+    """What trained the model (bundle.json): each source, its reader, options, map, images per split/class."""
+    specs = data_sources(cfg.data)
+    names = manifest["source"].astype(str)
+    if len(specs) == 1:
+        return [{**_source_entry(specs[0], manifest), "sources": sorted(names.unique())}]
+    return [{"name": source_name(s), **_source_entry(s, manifest[names == source_name(s)])} for s in specs]
+
+
+def _source_entry(spec: SourceConfig, rows: pd.DataFrame) -> dict:
+    """One source's path, reader, options, class map and images per split and class."""
+    counts = rows.groupby(["split", "label"]).size()
+    splits = counts.index.get_level_values(0).unique()
+    per_split = {split: {str(k): int(v) for k, v in counts[split].items()} for split in splits}
+    return {
+        "path": spec.path,
+        "reader": spec.reader,
+        "options": dict(spec.options),
+        "map": dict(spec.map),
+        "images": per_split,
     }
-    return [
-        {
-            "path": cfg.data.source,
-            "reader": cfg.data.reader,
-            "options": dict(cfg.data.reader_options),
-            "sources": sorted(manifest["source"].astype(str).unique().tolist()),
-            "images": per_split,
-        }
+
+
+def _resolved_sources(cfg: RunConfig) -> RunConfig:
+    """The config with every data.sources path made absolute, so config.yaml records where the data was."""
+    if not cfg.data.sources:
+        return cfg
+    sources = [
+        s.model_copy(update={"path": str(Path(s.path).expanduser().resolve())}) for s in cfg.data.sources
     ]
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": sources})})
+
+
+def _sampler_cells(cfg: RunConfig, manifest: pd.DataFrame) -> np.ndarray | None:
+    """With data.balance source_class, one integer per (source, class) cell for the balanced sampler."""
+    if cfg.data.balance != "source_class":
+        return None
+    cells = manifest["source"].astype(str) + "\t" + manifest["label"].astype(str)
+    log.info("source_class balancing over %d (source, class) cells", cells.nunique())
+    return pd.factorize(cells)[0]
 
 
 def _class_weights(
