@@ -1,7 +1,8 @@
 """Split-conformal prediction sets (Angelopoulos & Bates 2021) from calibrated class probabilities.
 
 LAC: the score of a class is 1 - p; APS: the probability mass of the classes ranked above it plus its
-own (not randomised, so conservative: on 3 near-uniform classes it covered 100 % for a 90 % target). The threshold is the ceil((n + 1)(1 - alpha)) / n quantile of the validation
+own (not randomised, so conservative: on 3 near-uniform classes it covered 100 % for a 90 %
+target). The threshold is the ceil((n + 1)(1 - alpha)) / n quantile of the validation
 split's true-class scores, so a new exchangeable image's set holds its true class with probability
 at least 1 - alpha. A set may be empty (LAC) or hold several classes: the model is not sure.
 """
