@@ -64,13 +64,15 @@ def _mahalanobis_fit(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     within = z - centres[np.searchsorted(classes, y)]
     precision = LedoitWolf(assume_centered=True).fit(within).precision_
     left_out = max(1, x.shape[1] - k)
-    residual = float(np.mean(_residual2(x, mean, components))) or 1e-12
+    residual = float(np.mean(_residual2(x, mean, components)))
+    total = float(np.mean(((x - mean) ** 2).sum(axis=1)))
+    scale = left_out / residual if residual > 1e-9 * total else 0.0  # nothing left out: no residual term
     return {
         "mean": mean,
         "components": components,
         "centres": centres,
         "precision": precision,
-        "residual_scale": np.array([left_out / residual]),
+        "residual_scale": np.array([scale]),
     }
 
 
