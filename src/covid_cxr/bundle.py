@@ -27,8 +27,11 @@ from covid_cxr.bundle_info import (
     INTENDED_USE,
     MODEL_ONNX,
     MODEL_PT,
+    OOD_NPZ,
     BundleInfo,
     Calibration,
+    ConformalInfo,
+    OodInfo,
     RunRef,
     read_bundle_info,
     write_bundle_info,
@@ -52,6 +55,7 @@ __all__ = [
     "BundleInfo",
     "load_bundle",
     "retemper_bundle",
+    "store_reliability",
     "save_onnx",
     "write_bundle",
 ]
@@ -98,12 +102,52 @@ def write_bundle(
 def retemper_bundle(folder: str | Path, temperature: float, calibration: Calibration | None) -> BundleInfo:
     """Rewrite a bundle with another temperature (bundle.json and the ONNX graph, which bakes T in)."""
     predictor = load_bundle(folder, backend="torch")
-    info = predictor.bundle_info.model_copy(
-        update={"temperature": float(temperature), "calibration": calibration}
-    )
+    update: dict[str, Any] = {"temperature": float(temperature), "calibration": calibration}
+    conformal = predictor.bundle_info.conformal
+    if conformal is not None and abs(conformal.temperature - float(temperature)) > 1e-9:
+        log.warning(
+            "%s: the conformal sets were fitted at T = %.3g; dropped (covid-cxr reliability refits them)",
+            folder,
+            conformal.temperature,
+        )
+        update["conformal"] = None
+    info = predictor.bundle_info.model_copy(update=update)
     model = predictor.model.to(memory_format=torch.contiguous_format)
     _write_folder(Path(folder), model, info, info.has_onnx)
     return read_bundle_info(folder)
+
+
+def store_reliability(
+    folder: str | Path, ood: OodInfo, arrays: dict[str, np.ndarray], conformal: ConformalInfo | None
+) -> BundleInfo:
+    """Rewrite a bundle with the OOD detector (its arrays in ood.npz, hashed in ``files``) and the
+    conformal record; the folder is copied, changed and renamed over the old one."""
+    final = Path(folder)
+    info = read_bundle_info(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+        with open(tmp / OOD_NPZ, "wb") as handle:
+            np.savez(handle, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        files = {**info.files, OOD_NPZ: sha256_file(tmp / OOD_NPZ)}
+        write_bundle_info(tmp, info.model_copy(update={"ood": ood, "conformal": conformal, "files": files}))
+        atomic_replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_bundle_info(final)
+
+
+def load_ood_arrays(folder: str | Path, info: BundleInfo) -> dict[str, np.ndarray] | None:
+    """The OOD detector's arrays (float64) from the bundle's ood.npz, or None for an older bundle."""
+    if info.ood is None:
+        return None
+    path = Path(folder) / info.ood.file
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k].astype(np.float64) for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a readable OOD file ({exc})") from None
 
 
 def _write_folder(final: Path, model: nn.Module, info: BundleInfo, export_onnx: bool) -> Path:
@@ -117,6 +161,9 @@ def _write_folder(final: Path, model: nn.Module, info: BundleInfo, export_onnx: 
         probs = Probabilities(cpu_model, n, info.temperature, info.head.output).eval()
         torch.save(cpu_model.state_dict(), tmp / MODEL_PT)
         files = {MODEL_PT: sha256_file(tmp / MODEL_PT)}
+        for name in set(info.files) - {MODEL_PT, MODEL_ONNX}:  # ood.npz: kept as it was
+            shutil.copy2(final / name, tmp / name)
+            files[name] = sha256_file(tmp / name)
         if export_onnx:
             save_onnx(probs, info.preprocess, tmp / MODEL_ONNX)
             files[MODEL_ONNX] = sha256_file(tmp / MODEL_ONNX)

@@ -25,6 +25,7 @@ FORMAT_VERSION = "1"
 BUNDLE_JSON = "bundle.json"
 MODEL_PT = "model.pt"
 MODEL_ONNX = "model.onnx"
+OOD_NPZ = "ood.npz"
 INTENDED_USE = "research only, not for diagnosis"
 
 
@@ -52,6 +53,31 @@ class Calibration(BaseModel):
     val_ece_after: float | None = None
 
 
+class OodInfo(BaseModel):
+    """The OOD detector: its arrays in ``file`` (listed in ``files``), its threshold here."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str = "mahalanobis"
+    features: str = "pooled"
+    file: str = OOD_NPZ
+    quantile: float = 0.99
+    threshold: float
+    n_train: int = 0
+    n_val: int = 0
+
+
+class ConformalInfo(BaseModel):
+    """Split-conformal prediction sets: q-hat fitted on the validation split at the bundle's temperature."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str = "lac"
+    coverage: float = 0.9
+    qhat: float
+    temperature: float = 1.0
+    n_val: int = 0
+    val_mean_set_size: float | None = None
+
+
 class BundleInfo(BaseModel):
     """The content of bundle.json (format version 1); unknown keys of newer writers are kept."""
 
@@ -74,6 +100,8 @@ class BundleInfo(BaseModel):
         default_factory=list, description="each data source: path, reader, options, images per class"
     )
     onnx: dict[str, Any] | None = None
+    ood: OodInfo | None = Field(None, description="None: a bundle written before OOD detection")
+    conformal: ConformalInfo | None = Field(None, description="None: no conformal sets fitted")
     files: dict[str, str]
 
     @field_validator("files")

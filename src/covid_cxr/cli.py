@@ -517,6 +517,24 @@ def _resume_command() -> str:
     return shlex.join(["covid-cxr", *words, *([] if "--resume" in words else ["--resume"])])
 
 
+@app.command("reliability")
+def reliability(
+    run: Annotated[Path, typer.Argument(help="run folder (runs/NAME)")],
+    overrides: SetOpt = None,
+) -> None:
+    """Fit the OOD detector (train split, threshold on val) and the conformal sets (val) into the bundle.
+
+    Settings come from the run's config.yaml (section reliability), changed with e.g.
+    --set reliability.coverage=0.95."""
+    from covid_cxr.reliability.fit import describe, fit_reliability
+    from covid_cxr.run_dir import RunDir
+    from covid_cxr.training.presets import load_config
+
+    config = RunDir(run).config
+    cfg = load_config(None, config if config.is_file() else None, overrides or []).reliability
+    console.print(describe(fit_reliability(run, cfg)))
+
+
 @app.command("lr-find")
 def lr_find(
     data: DataOpt,

@@ -174,6 +174,16 @@ class TrainConfig(_Strict):
     )
 
 
+class ReliabilityConfig(_Strict):
+    """The OOD detector and conformal sets fitted after training (``covid-cxr reliability`` refits them)."""
+
+    fit: bool = Field(True, description="fit both after training and calibration")
+    ood_method: Literal["mahalanobis", "knn"] = "mahalanobis"
+    ood_quantile: float = Field(0.99, gt=0, lt=1, description="flag above this quantile of val scores")
+    conformal_method: Literal["lac", "aps"] = "lac"
+    coverage: float = Field(0.9, gt=0, lt=1, description="target coverage of the prediction sets")
+
+
 class RunConfig(_Strict):
     """Everything a run needs; written fully resolved to runs/<name>/config.yaml."""
 
@@ -186,3 +196,4 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)

@@ -189,6 +189,10 @@ def fit_split(
         from covid_cxr.evaluation.calibrate import calibrate_run
 
         calibrate_run(out)
+    if stage.cfg.reliability.fit and len(stage.datamodule.splits["val"]):
+        from covid_cxr.reliability.fit import fit_reliability
+
+        fit_reliability(out, stage.cfg.reliability)
     log.info("run %s: test accuracy %s", out, metrics.get("test_accuracy"))
     return RunResult(out, metrics, best, bundle)
 
