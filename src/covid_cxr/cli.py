@@ -1039,10 +1039,8 @@ def lungs_predict(
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    bad = [r for r in results if r["quality"] != "ok"]
-    console.print(f"{len(results)} masks in {out}; {len(results) - len(bad)} with two plausible lungs")
-    for item in bad:
-        console.print(f"  {Path(item['path']).name}: {escape(item['quality'])}")
+    console.print(f"{len(results)} masks in {out}")
+    _print_lung_audit(results)
 
 
 @lungs_app.command("check")
