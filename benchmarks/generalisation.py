@@ -131,7 +131,7 @@ def normals_row(model: str, run: Path, folder: Path) -> dict:
     """lungs-256 adult normals: one class, so evaluate (which needs 2 matched classes) is replaced by the
     bundle's predictions: the share called COVID is the only question that makes sense there."""
     files = sorted(folder.iterdir())
-    called = sum(p["predicted"] == "COVID" for p in load_bundle(run / "bundle").predict_files(files))
+    called = sum(p.label == "COVID" for p in load_bundle(run / "bundle").predict_files(files)[0])
     cells = dict.fromkeys(["accuracy", "macro AUC (95 % CI)", "COVID recall", "macro AUC lungs hidden"], "-")
     cells["source predictability AUC"] = "-"
     share = f"{_f(called / len(files))} ({called}/{len(files)})"

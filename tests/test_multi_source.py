@@ -146,7 +146,7 @@ def test_train_on_two_sources_then_evaluate_with_a_class_the_model_lacks(
     images = sorted(str(p) for f in ("NORMAL", "PNEUMONIA") for p in (external / "test" / f).iterdir())
     assert fc["n_non_covid"] == len(images) == PER_FOLDER * 2  # every image, bacterial ones too
     assert fc["n_outside_model_classes"] == fc["per_label"]["bacterial"]["n"] == PER_FOLDER // 2
-    predicted = [p["predicted"] for p in load_bundle(run / "bundle").predict_files(images)]
+    predicted = [p.label for p in load_bundle(run / "bundle").predict_files(images)[0]]
     assert fc["called_covid"] == sum(p == "COVID" for p in predicted)
     assert metrics["dataset"]["class_handling"]["bacterial"].startswith(
         f"{PER_FOLDER // 2} images, not a model"
