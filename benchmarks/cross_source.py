@@ -70,7 +70,7 @@ def _row(mode: str, args: argparse.Namespace, data: Path, work: Path, externals:
     predictor = load_bundle(run / "bundle")
     abnormal = [k for k, c in enumerate(predictor.classes) if class_key(c) != "normal"]
     called = [
-        f"{np.isin(predictor.predict(files).argmax(axis=1), abnormal).mean():.2f}"
+        f"{np.isin(predictor.predict_proba(files).argmax(axis=1), abnormal).mean():.2f}"
         for files in externals.values()
     ]
     cam = result["cam_in_lungs"] or {}
