@@ -7,13 +7,19 @@
   true class's row of predictions drawn from Dirichlet(counts + 1/C) with the class count fixed
   (Brodersen et al. 2010, "The balanced accuracy and its posterior distribution"; Caelen 2017 for F1),
   widened to include the observed value.
-- ROC AUC (per class and macro) and ECE: the percentile stratified bootstrap
-  (:mod:`covid_cxr.evaluation.bootstrap`, resampling within each true class). Where the figure
-  cannot vary across resamples (perfect separation, saturated probabilities) that interval has zero
-  width, and a score bound replaces it: for an AUC, the Wilson interval at n = min(positives,
-  negatives), from the largest variance a Mann-Whitney AUC can have, A(1 - A) / min(m, n)
-  (Birnbaum and Klose 1957); for ECE, [ECE, the bin-weighted largest distance between a bin's mean
-  confidence and the Wilson interval of its accuracy].
+- ROC AUC (per class and macro): the percentile stratified bootstrap
+  (:mod:`covid_cxr.evaluation.bootstrap`, resampling within each true class).
+- ECE: the basic (reverse percentile) stratified bootstrap, [2 ECE - q_hi, 2 ECE - q_lo] clipped at
+  0 and widened to include the observed value. Binned ECE overestimates the true calibration error on
+  finite data, and a resample's ECE overestimates the data's by as much again, so the percentile
+  interval sits above the truth. On simulated 3-class test sets (100 each) it covered a true ECE of
+  0.03 on 400 images 1 time in 100 and 0.05 on 300 images 28 times, the basic interval 88 and 93
+  times; near a true ECE of 0 neither reaches 95 %.
+- Where a bootstrapped figure cannot vary across resamples (perfect separation, saturated
+  probabilities) its interval has zero width, and a score bound replaces it: for an AUC, the Wilson
+  interval at n = min(positives, negatives), from the largest variance a Mann-Whitney AUC can have,
+  A(1 - A) / min(m, n) (Birnbaum and Klose 1957); for ECE, [ECE, the bin-weighted largest distance
+  between a bin's mean confidence and the Wilson interval of its accuracy].
 
 Each value is a dict ``{point, lower, upper, method}`` with method one of METHODS.
 """
@@ -29,8 +35,9 @@ from covid_cxr.evaluation import bootstrap
 from covid_cxr.evaluation.calibration import expected_calibration_error
 from covid_cxr.evaluation.metrics import check_inputs, headline, present_classes
 
-WILSON, POSTERIOR, BOOTSTRAP, BOUND = "wilson", "dirichlet posterior", "stratified bootstrap", "wilson bound"
-METHODS = (WILSON, POSTERIOR, BOOTSTRAP, BOUND)
+WILSON, POSTERIOR, BOUND = "wilson", "dirichlet posterior", "wilson bound"
+BOOTSTRAP, BASIC_BOOTSTRAP = "stratified bootstrap", "stratified basic bootstrap"
+METHODS = (WILSON, POSTERIOR, BOOTSTRAP, BASIC_BOOTSTRAP, BOUND)
 
 
 def headline_intervals(
@@ -128,10 +135,13 @@ def _ranking_and_calibration(
     bounds["ece"] = _ece_bound(y, p, n_bins, level)
     out = {}
     for name, (point, lo, hi) in cis.items():
-        if hi - lo > 0:
-            out[name] = _value(point, lo, hi, BOOTSTRAP)
-        else:
+        if hi - lo <= 0:
             out[name] = _value(point, min(point, bounds[name][0]), max(point, bounds[name][1]), BOUND)
+        elif name == "ece":  # basic interval: the resamples' ECE overshoots as much as the data's does
+            lo, hi = max(0.0, 2 * point - hi), max(0.0, 2 * point - lo)
+            out[name] = _value(point, min(lo, point), max(hi, point), BASIC_BOOTSTRAP)
+        else:
+            out[name] = _value(point, lo, hi, BOOTSTRAP)
     return out
 
 
