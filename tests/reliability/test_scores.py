@@ -47,3 +47,13 @@ def test_gate_reason_codes():
     colour = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     assert "not_greyscale" in check_image(colour, 224).reasons
     assert check_image(chest, 224).unavailable == ["not_frontal_chest"]
+
+
+def test_frontal_check_needs_two_lungs(shared_data):
+    from covid_cxr.data.images import load_image
+
+    chest = load_image(sorted((shared_data / "lungs-256" / "images").iterdir())[0])
+    noise = np.random.default_rng(3).integers(0, 256, (256, 256), dtype=np.uint8)
+    assert check_image(chest, 224, frontal=True).reasons == []
+    assert check_image(chest, 224, frontal=True).unavailable == []
+    assert check_image(noise, 224, frontal=True).reasons == ["not_frontal_chest"]
