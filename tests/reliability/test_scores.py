@@ -31,6 +31,20 @@ def _sampled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return probs, np.array([rng.choice(3, p=p) for p in probs])
 
 
+def test_mahalanobis_sees_off_the_training_span_with_few_training_images():
+    """40 training images in 200 dimensions: the kept components cannot span everything they show."""
+    rng = np.random.default_rng(4)
+    basis = rng.normal(size=(10, 200))
+    y = rng.integers(0, 2, 100)
+    x = rng.normal(size=(100, 10)) @ basis + y[:, None] * 2.0 + np.abs(rng.normal(0, 0.1, (100, 200)))
+    detector = fit_detector(x[:40], y[:40])
+    t = threshold(detector.score(x[40:70]), 0.99)
+    assert detector.arrays["components"].shape[0] <= 20
+    assert (detector.score(x[70:]) > t).mean() <= 0.1
+    other = rng.normal(size=(30, 10)) @ rng.normal(size=(10, 200))  # another subspace, same scale
+    assert (detector.score(other) > t).mean() >= 0.95
+
+
 @pytest.mark.parametrize("method", ["lac", "aps"])
 def test_conformal_coverage_near_target(method):
     probs, y = _sampled(4000, 1)

@@ -1,10 +1,14 @@
 """Out-of-distribution scores on penultimate features: Mahalanobis (shared covariance) or kNN distance.
 
-Mahalanobis (Lee et al. 2018): the features are projected on the training split's leading principal
-components; the score is the smallest squared Mahalanobis distance to a class mean under one shared
+Mahalanobis (Lee et al. 2018) on L2-normalised features: they are projected on the training split's
+leading principal components (at most half as many as training images, so some variation is always
+left out); the score is the smallest squared Mahalanobis distance to a class mean under one shared
 (Ledoit-Wolf) covariance, plus the squared norm of what the projection leaves out relative to its
 training mean times the number of left-out components (so an image unlike anything in the training
-split scores high even off the kept components). kNN (Sun et al. 2022): one minus the cosine similarity
+split scores high even off the kept components). On raw features a model trained on 100 radiography-224
+images per class flagged 75 % of 37 photographs, CT/MR slices, noise and text pages (noise and
+textures have small feature norms); normalised 99 %. With as many components as training images
+minus one nothing was left out and it flagged 41 % (30 images per class). kNN (Sun et al. 2022): one minus the cosine similarity
 to the k-th nearest of a sample of L2-normalised training features. The threshold is a quantile of the
 validation split's scores. Everything the score needs fits in a few arrays (:meth:`OodDetector.arrays`).
 """
@@ -54,9 +58,10 @@ def threshold(scores: np.ndarray, quantile: float) -> float:
 
 
 def _mahalanobis_fit(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    x = _unit(x)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    k = int(min(MAX_COMPONENTS, max(1, (s > s[0] * 1e-6).sum()), len(x) - 1 if len(x) > 1 else 1))
+    k = int(min(MAX_COMPONENTS, max(1, (s > s[0] * 1e-6).sum()), max(1, len(x) // 2)))
     components = vt[:k]
     z = (x - mean) @ components.T
     classes = np.unique(y)
@@ -82,6 +87,7 @@ def _residual2(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.nd
 
 
 def _mahalanobis(x: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
+    x = _unit(x)
     z = (x - a["mean"]) @ a["components"].T
     diff = z[:, None, :] - a["centres"][None, :, :]
     d2 = np.einsum("ncd,de,nce->nc", diff, a["precision"], diff).min(axis=1)
