@@ -52,6 +52,7 @@ def test_healthz_names_model_classes_and_intended_use(client: TestClient) -> Non
     card = body.pop("model_card")
     assert card["intended_use"] == "research only, not for diagnosis"
     assert card["metrics"] == {"accuracy": 0.5} and card["run"] == "tiny serve"
+    assert card["conformal_coverage"] is None  # no conformal sets in this bundle
     assert "fp-serving" in card["training_data"]  # the bundle's training-data fingerprint
     assert body == {
         "status": "ok",

@@ -35,6 +35,9 @@ class ModelCard(BaseModel):
     intended_use: str
     training_data: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    conformal_coverage: float | None = Field(
+        None, description="target coverage of the bundle's prediction sets; None: it has none"
+    )
 
 
 class Health(BaseModel):

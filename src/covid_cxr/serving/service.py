@@ -46,6 +46,7 @@ def model_card(info: dict[str, Any]) -> ModelCard:
         intended_use=str(info.get("intended_use") or INTENDED_USE),
         training_data=str(data),
         metrics=metrics,
+        conformal_coverage=(info.get("conformal") or {}).get("coverage"),
     )
 
 

@@ -32,8 +32,7 @@ async function loadInfo() {
 
 function showCard(card) {
   if (!card) return;
-  const sets = card.conformal_coverage ?? (card.conformal && card.conformal.coverage);
-  coverage = typeof sets === "number" ? sets : null;
+  coverage = typeof card.conformal_coverage === "number" ? card.conformal_coverage : null;
   $("card-use").textContent = card.intended_use;
   $("card-data").textContent = card.training_data;
   const metrics = Object.entries(card.metrics || {}).map(([k, v]) => `${k} ${v.toFixed(3)}`);
