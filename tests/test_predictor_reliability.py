@@ -2,55 +2,28 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from covid_cxr.bundle import load_bundle, store_reliability, write_bundle
-from covid_cxr.bundle_info import ConformalInfo, OodInfo
-from covid_cxr.config import HeadConfig, ModelConfig, RunConfig
-from covid_cxr.data.preprocess import normalize, prepare
-from covid_cxr.data.spec import Preprocess
-from covid_cxr.data.synthetic import render_phantom
-from covid_cxr.models.zoo import build_model
-from covid_cxr.reliability.ood import fit_detector, threshold
+from covid_cxr.bundle import load_bundle
+from tests.reliability.bundles import CLASSES, fitted_bundle, phantoms, plain_bundle
+from tests.test_cli import run_cli
 
-CLASSES = ["covid", "normal", "viral"]
-SPEC = Preprocess(size=64, channels=1, normalize="unit")
 KEYS = {"path", "probabilities", "predicted", "prediction_set", "ood", "gate", "abstain", "abstain_reasons"}
 
 
-def _phantoms(n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [render_phantom(CLASSES[i % 3], rng, 128)[0] for i in range(n)]
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return plain_bundle(tmp_path_factory.mktemp("plain") / "bundle")
 
 
 @pytest.fixture(scope="module")
-def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random convnet bundle with model.onnx and no OOD detector or conformal record (an older bundle)."""
-    torch.manual_seed(0)
-    head = HeadConfig(pooling="gap")
-    model = build_model("convnet", head, 3, image_size=SPEC.size, in_chans=1).eval()
-    cfg = RunConfig(name="rel", preprocess=SPEC, model=ModelConfig(arch="convnet", head=head))
-    return write_bundle(tmp_path_factory.mktemp("plain") / "bundle", model, cfg, CLASSES, SPEC, {}, "fp")
-
-
-@pytest.fixture(scope="module")
-def bundle(plain_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same bundle with a detector fitted on 60 phantoms' features and a conformal q-hat of 0.5."""
-    folder = tmp_path_factory.mktemp("fitted") / "bundle"
-    predictor = load_bundle(plain_bundle, backend="torch")
-    x = normalize(np.stack([prepare(im, SPEC) for im in _phantoms(90, 0)]), SPEC)
-    _, features = predictor.predict_outputs(x)
-    detector = fit_detector(features[:60], np.arange(60) % 3)
-    ood = OodInfo(threshold=threshold(detector.score(features[60:]), 0.99), n_train=60, n_val=30)
-    shutil.copytree(plain_bundle, folder)
-    store_reliability(folder, ood, detector.arrays, ConformalInfo(qhat=0.5, n_val=30))
-    return folder
+def bundle(plain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fitted_bundle(plain, tmp_path_factory.mktemp("fitted") / "bundle")
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
@@ -58,7 +31,7 @@ def test_phantoms_pass_and_noise_abstains(bundle: Path, backend: str) -> None:
     predictor = load_bundle(bundle, backend=backend)
     assert predictor.backend == backend
     noise = np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)
-    results = predictor.predict([*_phantoms(6, 5), noise])
+    results = predictor.predict([*phantoms(6, 5), noise])
     for result in results:
         assert set(result.to_dict()) == KEYS
         assert result.prediction_set == [c for c in CLASSES if result.probabilities[c] >= 0.5]
@@ -75,7 +48,7 @@ def test_phantoms_pass_and_noise_abstains(bundle: Path, backend: str) -> None:
 
 
 def test_backends_give_the_same_verdicts(bundle: Path) -> None:
-    images = [*_phantoms(4, 9), np.full((128, 128), 128, np.uint8)]
+    images = [*phantoms(4, 9), np.full((128, 128), 128, np.uint8)]
     a, b = (load_bundle(bundle, backend=k).predict(images) for k in ("onnx", "torch"))
     for x, y in zip(a, b, strict=True):
         assert x.ood["score"] == pytest.approx(y.ood["score"], rel=1e-3)
@@ -93,10 +66,10 @@ def test_predict_files_carry_the_verdicts(bundle: Path, tmp_path: Path) -> None:
     assert results[0].abstain
 
 
-def test_an_older_bundle_says_it_has_no_detector(plain_bundle: Path) -> None:
-    predictor = load_bundle(plain_bundle)
+def test_an_older_bundle_says_it_has_no_detector(plain: Path) -> None:
+    predictor = load_bundle(plain)
     predictor.frontal_check = False
-    result = predictor.predict(_phantoms(1, 3)[0])
+    result = predictor.predict(phantoms(1, 3)[0])
     assert result.ood == {
         "score": None,
         "threshold": None,
@@ -106,3 +79,20 @@ def test_an_older_bundle_says_it_has_no_detector(plain_bundle: Path) -> None:
     assert result.prediction_set is None
     assert result.gate == {"reasons": [], "unavailable": ["not_frontal_chest"]}
     assert result.abstain is False and result.abstain_reasons == []
+
+
+def test_cli_predict_prints_the_verdict(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (128, 128), dtype=np.uint8)).save(noise)
+    phantom = tmp_path / "phantom.png"
+    Image.fromarray(phantoms(1, 11)[0]).save(phantom)
+    code, out, _ = run_cli(["predict", bundle, phantom, noise, "--json"], capsys)
+    rows = {Path(r["path"]).name: r for r in json.loads(out)}
+    assert code == 0
+    assert rows["noise.png"]["abstain"] is True and "ood" in rows["noise.png"]["abstain_reasons"]
+    assert rows["phantom.png"]["gate"] == {"reasons": [], "unavailable": []}
+    assert set(rows["phantom.png"]) == KEYS
+    code, out, _ = run_cli(["predict", bundle, noise], capsys)
+    assert "abstain" in out and "ok" not in out

@@ -228,6 +228,8 @@ class Predictor:
         if self._session is not None and ONNX_FEATURES in self._onnx_outputs:
             probs, features = self._session.run(None, {self._session.get_inputs()[0].name: arr})[:2]
             return probs, features
+        if self._session is not None and self.reliability.detector is None:  # no features needed
+            return self.predict_tensor(arr), np.zeros((len(arr), 0), np.float32)
         with self.lock, torch.inference_mode():  # torch backend, or a model.onnx without features
             probs, features = self._with_features(_channels_last(arr))
         probs = self.predict_tensor(arr) if self._session is not None else probs.float().numpy()

@@ -12,9 +12,11 @@ from fastapi import HTTPException
 
 from covid_cxr.bundle import INTENDED_USE
 from covid_cxr.data.images import decode_bytes
+from covid_cxr.data.preprocess import preprocess
 from covid_cxr.explain.cam import METHODS, explain
 from covid_cxr.explain.overlay import encode_png, to_rgb
 from covid_cxr.predictor import Predictor
+from covid_cxr.reliability.gate import GateResult
 from covid_cxr.serving.deps import ServerState
 from covid_cxr.serving.schemas import ExplainResult, ModelCard
 
@@ -62,7 +64,7 @@ def explain_bytes(
 ) -> ExplainResult:
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
-    image = decode_bytes(data, name, state.settings.max_pixels, state.settings.max_side)
+    image = decode_bytes(data, name, state.settings.max_pixels, _side(predictor, state.settings.max_side))
     result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(
@@ -73,7 +75,28 @@ def explain_bytes(
         method=method,
         overlay_png=png_b64(result.overlay),
         image_png=png_b64(to_rgb(image)),
+        **predictor.predict(image).reliability(),
     )
+
+
+def gated_tensor(
+    predictor: Predictor, data: bytes, max_pixels: int, name: str, max_side: int | None
+) -> tuple[np.ndarray, GateResult]:
+    """Encoded image bytes -> (the model's (C, H, W) float32 input, the input gate's result); blocking."""
+    image = decode_bytes(data, name, max_pixels, _side(predictor, max_side))
+    return preprocess(image, predictor.preprocess).numpy(), predictor.gate(image)
+
+
+def verdicts(
+    predictor: Predictor, probs: np.ndarray, features: np.ndarray, gates: list[GateResult]
+) -> list[dict[str, Any]]:
+    """The bundle's conformal set and OOD verdict of each row, with its gate: abstain or not."""
+    return predictor.reliability.assess(probs, features if features.shape[1] else None, gates)
+
+
+def _side(predictor: Predictor, max_side: int | None) -> int | None:
+    """The decoder's size reduction bound: at least the model's input size."""
+    return None if max_side is None else max(max_side, predictor.preprocess.size)
 
 
 def png_b64(rgb: np.ndarray) -> str:
