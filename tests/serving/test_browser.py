@@ -189,13 +189,16 @@ def test_page_abstains_on_noise_with_reasons_and_no_bars(reliable_server: str, s
         assert page.locator("#no-check").is_hidden()  # this bundle has its OOD detector and sets
         page.screenshot(path=f"/tmp/page-abstain{suffix}.png", full_page=True)
 
-        anyway = page.get_by_role("button", name="Show the probabilities anyway (research only)")
+        anyway = page.locator("#show-anyway")  # the disclosure, collapsed
+        expect(anyway).to_have_text("Show the probabilities anyway (research only)")
         expect(anyway).to_have_attribute("aria-expanded", "false")
         anyway.click()
         expect(page.locator("#bars")).to_be_visible()
         expect(page.locator("#anyway-note")).to_contain_text("these numbers are not a result")
         expect(anyway).to_have_attribute("aria-expanded", "true")
-        page.get_by_role("button", name="Hide the probabilities").click()
+        expect(anyway).to_have_text("Hide the probabilities")
+        page.screenshot(path=f"/tmp/page-abstain-shown{suffix}.png", full_page=True)
+        anyway.click()
         expect(page.locator("#bars")).to_be_hidden()
 
         upload(page, "covid.png", phantom_png("covid", 7, size=256))  # the next image starts clean
