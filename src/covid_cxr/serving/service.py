@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -34,6 +35,8 @@ def model_card(info: dict[str, Any]) -> ModelCard:
     data = info.get("training_data")
     if isinstance(data, dict):
         data = "; ".join(f"{key}: {value}" for key, value in data.items())
+    elif isinstance(data, list):
+        data = "; ".join(_source_line(source) for source in data if isinstance(source, dict))
     if not data:
         fingerprint = str(info.get("data_fingerprint") or "unknown")
         data = f"not described in the bundle; training-data fingerprint {fingerprint[:16]}"
@@ -50,6 +53,14 @@ def model_card(info: dict[str, Any]) -> ModelCard:
         metrics=metrics,
         conformal_coverage=(info.get("conformal") or {}).get("coverage"),
     )
+
+
+def _source_line(source: dict[str, Any]) -> str:
+    """One training source in words: its folder's name, images per split, and where it lies."""
+    splits = source.get("images") or {}
+    counts = ", ".join(f"{split} {sum(by_class.values())}" for split, by_class in splits.items())
+    path = str(source.get("path") or "unknown")
+    return f"{Path(path).name} ({counts or 'image counts not recorded'}; {path})"
 
 
 def check_method(method: str) -> str:
