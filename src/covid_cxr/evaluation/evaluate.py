@@ -98,6 +98,7 @@ def evaluate_run(
     gallery_per_class: int = 2,
     class_map: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    frontal_check: bool = True,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
 
@@ -110,6 +111,9 @@ def evaluate_run(
     images of classes the model lacks are predicted too and counted in ``false_covid`` (the share of all
     non-COVID images called COVID), not in the other metrics.
     `progress(done, total)` follows the images through the model (and its shortcut-check copies).
+    Every image gets the bundle's prediction set, OOD score and input gate (``reliability``, see
+    :mod:`covid_cxr.evaluation.reliability`); the gate's `frontal_check` segments each image once
+    (about 20-40 ms an image on a CPU), a mask the lungs-hidden check then reuses.
     """
     run = RunDir(run_dir).require(RunDir(run_dir).manifest, RunDir(run_dir).bundle)
     predictor = load_bundle(run.bundle, backend="torch")
@@ -117,7 +121,9 @@ def evaluate_run(
     classes, output = predictor.classes, info.head.output
     run_manifest = _run_manifest(run)
     name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {}, class_map)
-    preds = predict_logits(predictor, manifest, shortcut_checks, batch_size, progress, gate=True)
+    preds = predict_logits(
+        predictor, manifest, shortcut_checks, batch_size, progress, gate=True, frontal=frontal_check
+    )
     if not preds.rows:
         raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
     every = manifest.iloc[preds.rows].reset_index(drop=True)  # with the classes the model lacks (_y -1)
@@ -216,12 +222,14 @@ def predict_logits(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     gate: bool = False,
+    frontal: bool = True,
 ) -> Predictions:
     """Logits of every image, and with `variants` of its lungs-hidden and border-cropped copies.
 
     Each image is decoded once; undecodable ones are recorded in ``unreadable``, not raised.
-    `progress(done, total)` is called after each image. With `gate` each image is segmented once (the
-    lung mask serves the gate's frontal-chest check and the lungs-hidden copy) and its gate recorded.
+    `progress(done, total)` is called after each image. With `gate` each image's input gate is recorded,
+    with the `frontal` check from one segmentation that the lungs-hidden copy reuses (without `frontal`
+    the check runs only where that copy needs the segmenter anyway).
     """
     names = VARIANTS if variants else VARIANTS[:1]
     preds = Predictions(logits={n: [] for n in names})
@@ -235,8 +243,9 @@ def predict_logits(
             preds.unreadable.append({"path": exc.path, "reason": exc.reason})
             continue
         preds.rows.append(pos)
-        lungs = segment(image) if gate else None
-        if lungs is not None:
+        has_mask = isinstance(mask_path, str) and bool(mask_path)
+        lungs = segment(image) if gate and (frontal or (variants and not has_mask)) else None
+        if gate:
             preds.gates.append(check_image(image, predictor.preprocess.size, lungs=lungs))
         for variant, img in _variants(image, mask_path, names, preds.mask_sources, lungs).items():
             pending[variant].append(preprocess(img, predictor.preprocess))

@@ -30,7 +30,8 @@ def reliability_line(evaluation: Evaluation, label: str) -> str:
         return f"{label}: reliability {NOT_MEASURED} (evaluated before evaluate reported it; evaluate again)."
     parts = [_sets_text(rel.get("conformal")), _ood_text(rel.get("ood")), _gate_text(rel["gate"])]
     parts.append(_abstain_text(rel["abstain"]))
-    note = f" {str(rel['note']).capitalize()}." if rel.get("note") else ""
+    note = str(rel.get("note") or "")
+    note = f" {note[:1].upper()}{note[1:]}." if note else ""
     return f"{label}: " + "; ".join(p for p in parts if p) + "." + note
 
 
