@@ -135,7 +135,7 @@ def evaluate_run(
     raw = {v: apply_temperature(preds.array(v), 1.0, output)[known] for v in preds.logits}  # T = 1
     labels_every, y_every = every["label"].astype(str).to_numpy(), every["_y"].to_numpy()
     reliability, assessed = dataset_reliability(
-        run.bundle, info, probs_every, np.concatenate(preds.pooled), preds.gates, labels_every, y_every
+        predictor.reliability, probs_every, np.concatenate(preds.pooled), preds.gates, labels_every, y_every
     )
     dataset.update(
         n_evaluated=len(evaluated),

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,8 +46,7 @@ def pooled_features(model: nn.Module) -> Iterator[list[np.ndarray]]:
 
 
 def dataset_reliability(
-    bundle: Path,
-    info: BundleInfo,
+    reliability: Reliability,
     probs: np.ndarray,
     features: np.ndarray,
     gates: Sequence[GateResult],
@@ -57,10 +55,11 @@ def dataset_reliability(
 ) -> tuple[dict, list[dict[str, Any]]]:
     """(metrics.json's ``reliability``, the per-image assessment) of every evaluated image.
 
-    `labels` are the data's labels and `y` the model's class index of each image (-1: a class it lacks).
+    `reliability` is the bundle's (``Predictor.reliability``); `labels` are the data's labels and `y`
+    the model's class index of each image (-1: a class it lacks).
     """
-    assessed = Reliability.from_bundle(bundle, info).assess(probs, features, list(gates))
-    return summarise(info, assessed, labels, y), assessed
+    assessed = reliability.assess(probs, features, list(gates))
+    return summarise(reliability.info, assessed, labels, y), assessed
 
 
 def summarise(info: BundleInfo, assessed: list[dict[str, Any]], labels: np.ndarray, y: np.ndarray) -> dict:
