@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from covid_cxr.bundle import load_bundle
 from covid_cxr.bundle_info import OOD_NPZ, read_bundle_info, write_bundle_info
+from covid_cxr.cli import app
 from covid_cxr.evaluation.evaluate import evaluate_run
 from covid_cxr.evaluation.intervals import wilson
 from covid_cxr.evaluation.reliability import summarise
@@ -120,7 +122,11 @@ def test_a_bundle_without_detector_or_sets_says_so_and_the_report_renders(
     (run / "bundle" / OOD_NPZ).unlink()
     few = tmp_path / "few.csv"  # six of the test phantoms as an external dataset: quick
     evaluated[2][["path", "label"]].groupby("label").head(2).to_csv(few, index=False)
-    rel = evaluate_run(run, few, frontal_check=False, **FAST)["reliability"]
+    args = ["evaluate", str(run), "--data", str(few), "--bootstrap", "0", "--no-shortcut-checks"]
+    out = CliRunner().invoke(app, [*args, "--no-frontal-check", "--no-report"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0, out.output
+    assert "reliability: the input gate stopped 0 of 6 (0%), not_frontal_chest not checked" in out.output
+    rel = json.loads((run / "evaluation-few" / "metrics.json").read_text())["reliability"]
     note = "not available (bundle has no OOD detector / conformal sets; run covid-cxr reliability RUN)"
     assert (rel["available"], rel["note"], rel["conformal"], rel["ood"]) == (False, note, None, None)
     assert rel["gate"]["n"] == rel["abstain"]["n"] == 6
