@@ -90,7 +90,7 @@ def _gate_text(gate: dict) -> str:
     skipped = f", {', '.join(gate['unavailable'])} not checked" if gate.get("unavailable") else ""
     return (
         f"the input gate stopped {_percent(n - gate['passed'], n)}"
-        + (f" ({', '.join(reasons)})" if reasons else "")
+        + (f": {', '.join(reasons)}" if reasons else "")
         + skipped
     )
 
