@@ -691,6 +691,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
     class_map: MapOpt = None,
+    frontal_check: Annotated[
+        bool, typer.Option(help="run the lung segmenter for the input gate's frontal-chest check")
+    ] = True,
 ) -> None:
     """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or other datasets).
 
@@ -713,6 +716,7 @@ def evaluate(
                 seed=seed,
                 class_map=None if source is None else source["class_map"],
                 progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+                frontal_check=frontal_check,
             )
         _print_evaluation(result)
     if report:
@@ -720,8 +724,11 @@ def evaluate(
 
 
 def _print_evaluation(result: dict) -> None:
-    """Classification report, headline intervals, calibration and shortcut verdicts."""
+    """Classification report, headline intervals, calibration, shortcut verdicts and reliability."""
     from rich.table import Table
+
+    from covid_cxr.report.reliability import reliability_line
+    from covid_cxr.report.run_files import Evaluation
 
     console.print(result["metrics"]["report_text"])
     intervals = result.get("intervals") or {}
@@ -751,6 +758,7 @@ def _print_evaluation(result: dict) -> None:
         )
     if sp := result.get("source_predictability"):
         console.print(f"[bold]source predictability[/]: {escape(sp['verdict'])}")
+    console.print(escape(reliability_line(Evaluation(Path(result["output_dir"]), result), "reliability")))
     console.print(f"evaluation folder: {result['output_dir']}")
 
 
