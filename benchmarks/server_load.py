@@ -70,25 +70,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(bundle: Path, port: int, batching: bool, workers: int = 1) -> list[str]:
+def server_command(
+    bundle: Path, port: int, batching: bool, workers: int = 1, frontal_check: bool = True
+) -> list[str]:
     """`covid-cxr serve` (the CLI), or serve(..., batching=True) which the CLI does not expose."""
     if not batching:
         cli = Path(sys.executable).with_name("covid-cxr")
         command = [str(cli), "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
+        command += [] if frontal_check else ["--no-frontal-check"]
         return command + (["--workers", str(workers)] if workers > 1 else [])
     code = (
         "import sys; from covid_cxr.serving import serve; "
-        f"serve(sys.argv[1], port={port}, log_level='warning', batching=True)"
+        f"serve(sys.argv[1], port={port}, log_level='warning', batching=True, frontal_check={frontal_check})"
     )
     return [sys.executable, "-c", code, str(bundle)]
 
 
-def start_server(bundle: Path, batching: bool, workers: int = 1) -> tuple[subprocess.Popen, str]:
+def start_server(
+    bundle: Path, batching: bool, workers: int = 1, frontal_check: bool = True
+) -> tuple[subprocess.Popen, str]:
     """Start the server; return it and its URL once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen(
-        server_command(bundle, port, batching, workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    command = server_command(bundle, port, batching, workers, frontal_check)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -230,7 +234,7 @@ def load(url: str, request: dict, clients: int, seconds: float, pid: int | None 
 
 def measure(bundle: Path, batching: bool, png: bytes, args: argparse.Namespace) -> list[list]:
     """Rows for one server setting: every endpoint at every client count."""
-    proc, url = start_server(bundle, batching)
+    proc, url = start_server(bundle, batching, frontal_check=args.frontal_check)
     rows = []
     try:
         for endpoint in args.endpoints.split(","):
@@ -396,6 +400,12 @@ def main() -> None:
     parser.add_argument("--endpoints", default="predict,upload,explain")
     parser.add_argument("--batching", action="store_true", help="also run with the micro-batcher on")
     parser.add_argument("--hostile", action="store_true", help="the hostile-payload memory run instead")
+    parser.add_argument(
+        "--frontal-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the input gate's lung-segmenter check on /predict, /explain and :explain (the server default)",
+    )
     parser.add_argument("--png-side", type=int, default=6300)
     parser.add_argument("--dicom-side", type=int, default=7000)
     parser.add_argument("--frame-side", type=int, default=4000)
@@ -426,7 +436,9 @@ def main() -> None:
         print_header(
             "Server load",
             {
-                "server": f"covid-cxr serve, 1 worker, {args.arch} at {args.size} px, default backend (onnx)",
+                "server": f"covid-cxr serve, 1 worker, {args.arch} at {args.size} px, default backend "
+                f"(onnx), "
+                f"frontal check {'on' if args.frontal_check else 'off'}",
                 "request": f"one {args.source}x{args.source} grey PNG ({len(png) / 1e6:.2f} MB); floats: "
                 f"that PNG preprocessed, {len(seed_000_body(png, args.size)) / 1e6:.2f} MB of JSON",
                 "duration": f"{args.seconds:.0f} s per setting ({args.explain_seconds:.0f} s for explain), "

@@ -154,10 +154,11 @@ def test_triton_repository_is_valid_and_runs_any_batch_size(run_dir: Path, tmp_p
     graph = onnx.load(str(model_dir / "1" / "model.onnx")).graph
     assert config.name == "tiny_export" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 16 and config.dynamic_batching.max_queue_delay_microseconds > 0
-    [inp], [out] = config.input, config.output
+    [inp], [out, features] = config.input, config.output
     assert (inp.name, out.name) == (graph.input[0].name, graph.output[0].name) == ("input", "probabilities")
-    assert DATA_TYPES[inp.data_type] == DATA_TYPES[out.data_type] == "FP32"
-    assert list(inp.dims) == [1, 32, 32] and list(out.dims) == [3]
+    assert features.name == graph.output[1].name == "features"  # what the OOD detector reads
+    assert DATA_TYPES[inp.data_type] == DATA_TYPES[out.data_type] == DATA_TYPES[features.data_type] == "FP32"
+    assert list(inp.dims) == [1, 32, 32] and list(out.dims) == [3] and len(features.dims) == 1
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch dimension is dynamic
     assert (model_dir / out.label_filename).read_text().splitlines() == CLASSES
     assert json.loads(config.parameters["class_names"].string_value) == CLASSES

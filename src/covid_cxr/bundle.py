@@ -27,6 +27,8 @@ from covid_cxr.bundle_info import (
     INTENDED_USE,
     MODEL_ONNX,
     MODEL_PT,
+    ONNX_FEATURES,
+    ONNX_PROBABILITIES,
     OOD_NPZ,
     BundleInfo,
     Calibration,
@@ -43,6 +45,7 @@ from covid_cxr.errors import BundleError, ConfigError
 from covid_cxr.io import atomic_replace_dir
 from covid_cxr.models.zoo import build_model
 from covid_cxr.predictor import Backend, Predictor, Probabilities
+from covid_cxr.reliability.assess import Reliability
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ __all__ = [
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
-_ONNX_IO = {"input": "input", "output": "probabilities", "opset": ONNX_OPSET}
+_ONNX_IO = {"input": "input", "output": ONNX_PROBABILITIES, "features": ONNX_FEATURES, "opset": ONNX_OPSET}
 
 
 def write_bundle(
@@ -197,7 +200,10 @@ def load_bundle(path: str | Path, backend: Backend = "auto", threads: int = 0) -
         _check_file(folder / name, digest)
     model = _rebuild_model(folder, info)
     onnx_path = folder / MODEL_ONNX if info.has_onnx else None
-    return Predictor(model, info, onnx_path=onnx_path, backend=backend, threads=threads)
+    reliability = Reliability.from_bundle(folder, info)
+    return Predictor(
+        model, info, onnx_path=onnx_path, backend=backend, threads=threads, reliability=reliability
+    )
 
 
 def _cam_layer(model: nn.Module, size: int) -> str:
@@ -207,22 +213,23 @@ def _cam_layer(model: nn.Module, size: int) -> str:
     return default_layer(model, model.target_layer_name, size)
 
 
-def save_onnx(probs: nn.Module, spec: Preprocess, path: Path) -> None:
-    """Export with a dynamic batch dimension and check ONNX Runtime agrees with PyTorch."""
+def save_onnx(probs: Probabilities, spec: Preprocess, path: Path) -> None:
+    """Export probabilities and pooled features with a dynamic batch dimension; check ONNX Runtime
+    agrees with PyTorch."""
     example = torch.randn(2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter needs no onnxscript
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape arithmetic traced as constants
         warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # a pad's Slice; ORT folds it
         torch.onnx.export(
-            probs,
+            probs.with_features(),
             (example,),
             str(path),
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=["input"],
-            output_names=["probabilities"],
-            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+            output_names=[ONNX_PROBABILITIES, ONNX_FEATURES],
+            dynamic_axes={name: {0: "batch"} for name in ("input", ONNX_PROBABILITIES, ONNX_FEATURES)},
         )
     _verify_onnx(probs, path, torch.cat([example, -example, example * 0.5]))
 

@@ -25,6 +25,7 @@ FORMAT_VERSION = "1"
 BUNDLE_JSON = "bundle.json"
 MODEL_PT = "model.pt"
 MODEL_ONNX = "model.onnx"
+ONNX_PROBABILITIES, ONNX_FEATURES = "probabilities", "features"  # model.onnx's outputs, in this order
 OOD_NPZ = "ood.npz"
 INTENDED_USE = "research only, not for diagnosis"
 

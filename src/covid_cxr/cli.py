@@ -560,10 +560,13 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="run folder or bundle folder (runs/NAME/bundle)")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders (PNG, JPEG, DICOM)")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    frontal_check: Annotated[
+        bool, typer.Option(help="run the lung segmenter to check each image is a frontal chest film")
+    ] = True,
 ) -> None:
-    """Class probabilities per image, with the bundle's own preprocessing.
+    """Class probabilities per image, with the bundle's own preprocessing, and whether to trust them.
 
-    Every readable image is predicted; unreadable or missing ones are listed with the reason at the end, and the exit code is then 1.
+    Each image also gets the input gate's reason codes (not_greyscale, too_small, likely_inverted, not_frontal_chest), the out-of-distribution flag and the conformal prediction set; "abstain" means: outside what this model was trained on, do not interpret. Every readable image is predicted; unreadable or missing ones are listed with the reason at the end, and the exit code is then 1.
     """  # noqa: E501 - typer keeps a docstring's line breaks
     from rich.table import Table
 
@@ -571,6 +574,7 @@ def predict(
 
     files, failures = _image_files(images)
     predictor = load_bundle(_bundle_dir(bundle))
+    predictor.frontal_check = frontal_check
     results, unreadable = predictor.predict_files(files) if files else ([], {})
     failures.update(unreadable)
     if as_json:
@@ -583,14 +587,28 @@ def predict(
         for name in predictor.classes:
             table.add_column(name, justify="right")
         table.add_column("predicted", overflow="fold")
+        table.add_column("prediction set", overflow="fold")
+        table.add_column("verdict", overflow="fold")
         for item in results:
             table.add_row(
                 escape(Path(item.path).name),
                 *(f"{item.probabilities[c]:.3f}" for c in predictor.classes),
                 item.label,
+                "-" if item.prediction_set is None else "{" + ", ".join(item.prediction_set) + "}",
+                _verdict(item.abstain_reasons),
             )
         console.print(table)
+        if predictor.reliability.detector is None:
+            console.print(
+                "this bundle has no out-of-distribution detector: unfamiliar images are not flagged "
+                "(fit one with: covid-cxr reliability RUN)"
+            )
     _report_failures(failures, len(results))
+
+
+def _verdict(reasons: list[str]) -> str:
+    """'ok', or 'abstain: <reasons>' in red: outside what the model was trained on."""
+    return "ok" if not reasons else f"[bold red]abstain[/]: {escape(', '.join(reasons))}"
 
 
 def _report_failures(failures: dict[str, str], done: int) -> None:
@@ -673,6 +691,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write report.html afterwards")] = True,
     class_map: MapOpt = None,
+    frontal_check: Annotated[
+        bool, typer.Option(help="run the lung segmenter for the input gate's frontal-chest check")
+    ] = True,
 ) -> None:
     """Metrics with 95 % CIs, curves, calibration and shortcut checks (test split or other datasets).
 
@@ -695,6 +716,7 @@ def evaluate(
                 seed=seed,
                 class_map=None if source is None else source["class_map"],
                 progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+                frontal_check=frontal_check,
             )
         _print_evaluation(result)
     if report:
@@ -702,8 +724,11 @@ def evaluate(
 
 
 def _print_evaluation(result: dict) -> None:
-    """Classification report, headline intervals, calibration and shortcut verdicts."""
+    """Classification report, headline intervals, calibration, shortcut verdicts and reliability."""
     from rich.table import Table
+
+    from covid_cxr.report.reliability import reliability_line
+    from covid_cxr.report.run_files import Evaluation
 
     console.print(result["metrics"]["report_text"])
     intervals = result.get("intervals") or {}
@@ -733,6 +758,7 @@ def _print_evaluation(result: dict) -> None:
         )
     if sp := result.get("source_predictability"):
         console.print(f"[bold]source predictability[/]: {escape(sp['verdict'])}")
+    console.print(escape(reliability_line(Evaluation(Path(result["output_dir"]), result), "reliability")))
     console.print(f"evaluation folder: {result['output_dir']}")
 
 
@@ -896,8 +922,14 @@ def serve(
     ssl_certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate chain (PEM)")] = None,
     header_timeout: Annotated[float, typer.Option(help="seconds a client has to send its headers")] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="seconds a client has to send its body")] = 30.0,
+    frontal_check: Annotated[
+        bool, typer.Option(help="run the lung segmenter in the input gate of /predict and /explain")
+    ] = True,
 ) -> None:
-    """REST server (TF-Serving, KServe v2, multipart) and the web page at /. Research use only."""
+    """REST server (TF-Serving, KServe v2, multipart) and the web page at /. Research use only.
+
+    /predict, /explain and :explain answers carry prediction_set, ood, gate and abstain; TF-Serving :predict and KServe v2 answer probabilities as before.
+    """  # noqa: E501 - typer keeps a docstring's line breaks
     import os
 
     from covid_cxr.serving import serve as run_server
@@ -920,6 +952,7 @@ def serve(
         body_timeout_s=body_timeout,
         ssl_keyfile=ssl_keyfile,
         ssl_certfile=ssl_certfile,
+        frontal_check=frontal_check,
         **extra,
     )
 

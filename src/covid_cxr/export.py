@@ -24,7 +24,15 @@ import onnx as onnxlib
 import torch
 
 from covid_cxr.bundle import ONNX_TOLERANCE, load_bundle, save_onnx
-from covid_cxr.bundle_info import BUNDLE_JSON, INTENDED_USE, MODEL_ONNX, BundleInfo, write_bundle_info
+from covid_cxr.bundle_info import (
+    BUNDLE_JSON,
+    INTENDED_USE,
+    MODEL_ONNX,
+    ONNX_FEATURES,
+    ONNX_PROBABILITIES,
+    BundleInfo,
+    write_bundle_info,
+)
 from covid_cxr.data.manifest import sha256_file
 from covid_cxr.errors import BundleError
 from covid_cxr.io import atomic_replace_dir
@@ -99,7 +107,8 @@ def ensure_onnx(bundle: Path, predictor: Predictor) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     files = {**info.files, MODEL_ONNX: sha256_file(bundle / MODEL_ONNX)}
-    onnx = {"input": "input", "output": "probabilities", "opset": _opset(bundle / MODEL_ONNX)}
+    opset = _opset(bundle / MODEL_ONNX)
+    onnx = {"input": "input", "output": ONNX_PROBABILITIES, "features": ONNX_FEATURES, "opset": opset}
     write_bundle_info(bundle, info.model_copy(update={"files": files, "onnx": onnx}))
     log.info("%s: exported and added to %s", bundle / MODEL_ONNX, BUNDLE_JSON)
     return True
@@ -160,7 +169,7 @@ def write_triton_repository(
 def triton_config(name: str, onnx_path: Path, predictor: Predictor, max_batch_size: int) -> str:
     """config.pbtxt text for the ONNX model: names and shapes read from the graph, batch dimension dynamic."""
     graph = onnxlib.load(str(onnx_path), load_external_data=False).graph
-    (inp,), (out,) = graph.input, graph.output
+    (inp,), (out, *more) = graph.input, graph.output  # probabilities, then the pooled features
     in_dims, out_dims = _dims(inp, onnx_path), _dims(out, onnx_path)
     params = {
         "class_names": json.dumps(predictor.classes),
@@ -172,8 +181,18 @@ def triton_config(name: str, onnx_path: Path, predictor: Predictor, max_batch_si
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {max_batch_size}",
         f"input [ {{ name: {_quote(inp.name)} data_type: TYPE_FP32 dims: {in_dims} }} ]",
-        f"output [ {{ name: {_quote(out.name)} data_type: TYPE_FP32 dims: {out_dims} "
-        f"label_filename: {_quote(LABELS)} }} ]",
+        "output [ "
+        + ", ".join(
+            [
+                f"{{ name: {_quote(out.name)} data_type: TYPE_FP32 dims: {out_dims} "
+                f"label_filename: {_quote(LABELS)} }}",
+                *(
+                    f"{{ name: {_quote(o.name)} data_type: TYPE_FP32 dims: {_dims(o, onnx_path)} }}"
+                    for o in more
+                ),
+            ]
+        )
+        + " ]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US} }}",
         *(
             f"parameters {{ key: {_quote(k)} value {{ string_value: {_quote(v)} }} }}"

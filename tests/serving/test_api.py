@@ -52,6 +52,7 @@ def test_healthz_names_model_classes_and_intended_use(client: TestClient) -> Non
     card = body.pop("model_card")
     assert card["intended_use"] == "research only, not for diagnosis"
     assert card["metrics"] == {"accuracy": 0.5} and card["run"] == "tiny serve"
+    assert card["conformal_coverage"] is None  # no conformal sets in this bundle
     assert "fp-serving" in card["training_data"]  # the bundle's training-data fingerprint
     assert body == {
         "status": "ok",
@@ -593,3 +594,13 @@ def test_serve_fails_fast_on_bad_settings_or_bundle(tmp_path: Path) -> None:
         serve(tmp_path, max_pixels=0)
     with pytest.raises(BundleError, match="bundle.json"):
         serve(tmp_path)
+
+
+def test_model_card_describes_each_training_source_in_words() -> None:
+    from covid_cxr.serving.service import model_card
+
+    source = {"path": "/data/radiography", "images": {"train": {"a": 3, "b": 4}, "test": {"a": 1}}}
+    card = model_card({"training_data": [source, {"path": "/data/kermany"}]})
+    assert card.training_data == (
+        "radiography (train 7, test 1; /data/radiography); kermany (image counts not recorded; /data/kermany)"
+    )

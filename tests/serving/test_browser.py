@@ -1,4 +1,5 @@
-"""The clinician page in Debian's headless chromium: upload and drop an image, see bars and overlay."""
+"""The clinician page in Debian's headless chromium: upload and drop an image, see bars and overlay, or the
+alert that the model abstains."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import io
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from covid_cxr.data.synthetic import render_phantom
+from covid_cxr.config import RunConfig
+from covid_cxr.data.synthetic import render_phantom, synthesize
+from covid_cxr.training.train import train_run
 from tests.conftest import chromium_page
 from tests.serving.conftest import CLASSES, MODEL_NAME, _wait_until_up, free_port
 
 SCREENSHOT = Path("/tmp/page.png")
+VIEWPORTS = {"": (1280, 800), "-phone": (390, 844)}  # screenshot suffix: (width, height)
+ALERT = "Outside what this model was trained on: do not interpret"
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -63,6 +69,10 @@ def test_page_shows_probabilities_and_overlay(live_server: str) -> None:
         assert "research only" in page.inner_text("#card-use")
         assert "fp-serving" in page.inner_text("#card-data")  # the bundle's training-data fingerprint
         assert "accuracy 0.500" in page.inner_text("#card-metrics")
+        expect(page.locator("#no-check")).to_contain_text(  # this bundle has no OOD detector
+            "This model has no out-of-distribution check; results on unfamiliar images are not flagged."
+        )
+        assert page.locator("#abstain").is_hidden() and page.locator("#prediction-set").is_hidden()
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
         dropped = base64.b64encode(phantom_png("normal", 2)).decode()
@@ -80,21 +90,28 @@ def test_page_shows_probabilities_and_overlay(live_server: str) -> None:
     assert len(expected_400) == 1 and [p for p in problems if p not in expected_400] == []
 
 
-@pytest.fixture(scope="module")
-def keyed_server(bundle_dir: Path) -> Iterator[str]:
-    """serve() with an API key, in a subprocess."""
+@contextmanager
+def serving(bundle: Path, options: str = "") -> Iterator[str]:
+    """serve(bundle) in a subprocess with extra keyword arguments (Python source); yields its URL."""
     port = free_port()
     code = (
         "import sys; from covid_cxr.serving import serve; serve(sys.argv[1], port=int(sys.argv[2]), "
-        f"model_name={MODEL_NAME!r}, log_level='warning', api_key='page-key')"
+        f"model_name={MODEL_NAME!r}, log_level='warning'{options})"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle_dir), str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(port)])
     try:
         _wait_until_up(f"http://127.0.0.1:{port}", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(bundle_dir: Path) -> Iterator[str]:
+    """serve() with an API key, in a subprocess."""
+    with serving(bundle_dir, ", api_key='page-key'") as url:
+        yield url
 
 
 def test_page_api_key_flow_resends_on_enter_and_on_the_same_file(keyed_server: str) -> None:
@@ -114,3 +131,93 @@ def test_page_api_key_flow_resends_on_enter_and_on_the_same_file(keyed_server: s
         page.wait_for_timeout(200)
     assert posts == [401, 200, 200]
     assert [p for p in problems if "401" not in p] == []
+
+
+@pytest.fixture(scope="module")
+def reliable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """serve() of a ConvNet trained on 240 phantoms at 64 px (test accuracy 1.0, about 25 s), with the OOD
+    detector and the 90 % conformal sets that training fits."""
+    root = tmp_path_factory.mktemp("reliable")
+    cfg = RunConfig.model_validate(
+        {
+            "name": "page-reliable",
+            "preprocess": {"size": 64, "channels": 1, "normalize": "dataset"},
+            "model": {"arch": "convnet", "head": {"pooling": "avg4_flatten", "hidden": [64]}},
+            "optim": {"lr": 3e-3},
+            "data": {"test_fraction": 0.25},
+            "train": {"epochs": 12, "batch_size": 16, "accelerator": "cpu", "seed": 1},
+        }
+    )
+    synthesize(root / "data", n=240, size=64, seed=1)
+    train_run(cfg, root / "data", root / "run", progress=False, cache_dir=root / "cache")
+    with serving(root / "run" / "bundle") as url:
+        yield url
+
+
+def noise_png(size: int = 256) -> bytes:
+    """Colour noise as PNG bytes: the gate calls it not greyscale and the OOD detector flags it."""
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload(page: object, name: str, data: bytes) -> None:
+    """Choose a PNG in the file input and wait for its result."""
+    page.set_input_files("#file-input", files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+    expect(page.locator("#status")).to_have_text(f"Done: {name}.", timeout=30_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", VIEWPORTS)
+def test_page_abstains_on_noise_with_reasons_and_no_bars(reliable_server: str, suffix: str) -> None:
+    with chromium_page(*VIEWPORTS[suffix]) as (page, problems):
+        page.goto(reliable_server + "/")
+        upload(page, "noise.png", noise_png())
+        alert = page.get_by_role("alert")
+        expect(alert).to_be_visible()
+        expect(alert).to_contain_text(ALERT)
+        reasons = page.locator("#abstain-reasons li").all_inner_texts()
+        assert "a colour image, not a greyscale radiograph" in reasons
+        ood = [r for r in reasons if r.startswith("unlike the images the model was trained on (OOD score ")]
+        assert len(ood) == 1 and " above threshold " in ood[0]
+        expect(page.locator("#bars")).to_be_hidden()
+        rows = page.locator(".bar-row")
+        assert rows.count() == 3 and not any(row.is_visible() for row in rows.all())
+        expect(page.locator("#overlay")).to_be_hidden()  # no heat map presented as explaining a diagnosis
+        expect(page.locator("#original")).to_be_visible()
+        assert page.locator("#no-check").is_hidden()  # this bundle has its OOD detector and sets
+        page.screenshot(path=f"/tmp/page-abstain{suffix}.png", full_page=True)
+
+        anyway = page.locator("#show-anyway")  # the disclosure, collapsed
+        expect(anyway).to_have_text("Show the probabilities anyway (research only)")
+        expect(anyway).to_have_attribute("aria-expanded", "false")
+        anyway.click()
+        expect(page.locator("#bars")).to_be_visible()
+        expect(page.locator("#anyway-note")).to_contain_text("these numbers are not a result")
+        expect(anyway).to_have_attribute("aria-expanded", "true")
+        expect(anyway).to_have_text("Hide the probabilities")
+        page.screenshot(path=f"/tmp/page-abstain-shown{suffix}.png", full_page=True)
+        anyway.click()
+        expect(page.locator("#bars")).to_be_hidden()
+
+        upload(page, "covid.png", phantom_png("covid", 7, size=256))  # the next image starts clean
+        expect(page.locator("#abstain")).to_be_hidden()
+        expect(page.locator("#bars")).to_be_visible()
+    assert problems == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", VIEWPORTS)
+def test_page_shows_bars_and_prediction_set_on_a_familiar_phantom(reliable_server: str, suffix: str) -> None:
+    with chromium_page(*VIEWPORTS[suffix]) as (page, problems):
+        page.goto(reliable_server + "/")
+        upload(page, "covid.png", phantom_png("covid", 7, size=256))
+        expect(page.locator("#prediction-set")).to_have_text("Prediction set at 90% coverage: {covid}")
+        assert page.locator(".bar-row.top .bar-label").inner_text() == "covid"
+        assert all(row.is_visible() for row in page.locator(".bar-row").all())
+        expect(page.locator("#overlay")).to_be_visible()
+        for hidden in ("#abstain", "#show-anyway", "#no-check", "#anyway-note"):
+            expect(page.locator(hidden)).to_be_hidden()
+        page.screenshot(path=f"/tmp/page-ok{suffix}.png", full_page=True)
+    assert problems == []

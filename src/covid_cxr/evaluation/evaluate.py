@@ -38,6 +38,7 @@ from covid_cxr.evaluation.generalisation import false_covid, penultimate, source
 from covid_cxr.evaluation.intervals import headline_intervals
 from covid_cxr.evaluation.metrics import classification_summary, headline
 from covid_cxr.evaluation.plots import write_figures
+from covid_cxr.evaluation.reliability import dataset_reliability, pooled_features, prediction_columns
 from covid_cxr.evaluation.shortcuts import (
     border_crop_check,
     crop_border,
@@ -49,7 +50,9 @@ from covid_cxr.evaluation.shortcuts import (
 )
 from covid_cxr.explain.lung_share import cam_lung_share
 from covid_cxr.io import atomic_write_text
+from covid_cxr.lungs import segment
 from covid_cxr.predictor import Predictor
+from covid_cxr.reliability.gate import GateResult, check_image
 from covid_cxr.run_dir import METRICS_JSON, PREDICTIONS_CSV, TEST, RunDir, dataset_slug
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ class Predictions:
     unreadable: list[dict] = field(default_factory=list)
     mask_sources: dict[str, int] = field(default_factory=lambda: {"manifest": 0, "fixed_ellipses": 0})
     features: list[np.ndarray] = field(default_factory=list)  # penultimate features of the full images
+    pooled: list[np.ndarray] = field(default_factory=list)  # the head's pooled features (the OOD input)
+    gates: list[GateResult] = field(default_factory=list)  # the input gate of each decoded image
 
     def array(self, variant: str) -> np.ndarray:
         """(n, outputs) logits of one variant."""
@@ -93,6 +98,7 @@ def evaluate_run(
     gallery_per_class: int = 2,
     class_map: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    frontal_check: bool = True,
 ) -> dict:
     """Evaluate the run's bundle on its test split (or `data`), write the evaluation folder, return its JSON.
 
@@ -105,6 +111,9 @@ def evaluate_run(
     images of classes the model lacks are predicted too and counted in ``false_covid`` (the share of all
     non-COVID images called COVID), not in the other metrics.
     `progress(done, total)` follows the images through the model (and its shortcut-check copies).
+    Every image gets the bundle's prediction set, OOD score and input gate (``reliability``, see
+    :mod:`covid_cxr.evaluation.reliability`); the gate's `frontal_check` segments each image once
+    (about 20-40 ms an image on a CPU), a mask the lungs-hidden check then reuses.
     """
     run = RunDir(run_dir).require(RunDir(run_dir).manifest, RunDir(run_dir).bundle)
     predictor = load_bundle(run.bundle, backend="torch")
@@ -112,7 +121,9 @@ def evaluate_run(
     classes, output = predictor.classes, info.head.output
     run_manifest = _run_manifest(run)
     name, manifest, dataset = _dataset(run_manifest, classes, data, reader, reader_options or {}, class_map)
-    preds = predict_logits(predictor, manifest, shortcut_checks, batch_size, progress)
+    preds = predict_logits(
+        predictor, manifest, shortcut_checks, batch_size, progress, gate=True, frontal=frontal_check
+    )
     if not preds.rows:
         raise DataError(f"{dataset['source']}: none of the {len(manifest)} images could be decoded")
     every = manifest.iloc[preds.rows].reset_index(drop=True)  # with the classes the model lacks (_y -1)
@@ -122,6 +133,10 @@ def evaluate_run(
     probs_every = apply_temperature(preds.array("full"), info.temperature, output)
     probs = probs_every[known]
     raw = {v: apply_temperature(preds.array(v), 1.0, output)[known] for v in preds.logits}  # T = 1
+    labels_every, y_every = every["label"].astype(str).to_numpy(), every["_y"].to_numpy()
+    reliability, assessed = dataset_reliability(
+        predictor.reliability, probs_every, np.concatenate(preds.pooled), preds.gates, labels_every, y_every
+    )
     dataset.update(
         n_evaluated=len(evaluated),
         fingerprint=image_list_fingerprint(evaluated),
@@ -140,13 +155,9 @@ def evaluate_run(
         "metrics": classification_summary(y, probs, classes),
         "intervals": _intervals(y, probs, classes, bootstrap, seed),
         "calibration": _calibration(y, raw["full"], probs, info.temperature),
+        "reliability": reliability,
         "per_source": _per_source(evaluated, y, probs, classes),
-        "false_covid": false_covid(
-            every["label"].astype(str).to_numpy(),
-            every["_y"].to_numpy(),
-            probs_every.argmax(axis=1),
-            _covid(classes),
-        ),
+        "false_covid": false_covid(labels_every, y_every, probs_every.argmax(axis=1), _covid(classes)),
         "source_predictability": _source_predictability(every, preds, seed),
         "shortcuts": None,
     }
@@ -156,7 +167,8 @@ def evaluate_run(
         result["shortcuts"] = _shortcuts(run_manifest, evaluated, preds.mask_sources, raw, y, classes, data)
     result["figures"] = write_figures(result["metrics"], result["calibration"], out, f"{run.name} / {name}")
     result["gallery"] = write_gallery(predictor, evaluated, probs, out, gallery_per_class)
-    _write_predictions(out / PREDICTIONS_CSV, evaluated, probs, raw, classes)
+    rows = [a for a, k in zip(assessed, known, strict=True) if k]
+    _write_predictions(out / PREDICTIONS_CSV, evaluated, probs, raw, classes, prediction_columns(rows))
     atomic_write_text(out / METRICS_JSON, json.dumps(result, indent=2) + "\n")
     log.info(
         "evaluated %s on %s: accuracy %.3f (%d images) -> %s",
@@ -209,11 +221,15 @@ def predict_logits(
     variants: bool,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    gate: bool = False,
+    frontal: bool = True,
 ) -> Predictions:
     """Logits of every image, and with `variants` of its lungs-hidden and border-cropped copies.
 
     Each image is decoded once; undecodable ones are recorded in ``unreadable``, not raised.
-    `progress(done, total)` is called after each image.
+    `progress(done, total)` is called after each image. With `gate` each image's input gate is recorded,
+    with the `frontal` check from one segmentation that the lungs-hidden copy reuses (without `frontal`
+    the check runs only where that copy needs the segmenter anyway).
     """
     names = VARIANTS if variants else VARIANTS[:1]
     preds = Predictions(logits={n: [] for n in names})
@@ -227,7 +243,11 @@ def predict_logits(
             preds.unreadable.append({"path": exc.path, "reason": exc.reason})
             continue
         preds.rows.append(pos)
-        for variant, img in _variants(image, mask_path, names, preds.mask_sources).items():
+        has_mask = isinstance(mask_path, str) and bool(mask_path)
+        lungs = segment(image) if gate and (frontal or (variants and not has_mask)) else None
+        if gate:
+            preds.gates.append(check_image(image, predictor.preprocess.size, lungs=lungs))
+        for variant, img in _variants(image, mask_path, names, preds.mask_sources, lungs).items():
             pending[variant].append(preprocess(img, predictor.preprocess))
         if len(pending["full"]) == batch_size:
             _flush(predictor, pending, preds)
@@ -237,16 +257,24 @@ def predict_logits(
     return preds
 
 
-def _variants(image: np.ndarray, mask_path: object, names: Sequence[str], counts: dict[str, int]) -> dict:
-    """The image and, when asked, its lungs-hidden and border-cropped copies."""
+def _variants(
+    image: np.ndarray,
+    mask_path: object,
+    names: Sequence[str],
+    counts: dict[str, int],
+    lungs: np.ndarray | None = None,
+) -> dict:
+    """The image and, when asked, its lungs-hidden and border-cropped copies (`lungs`: its segmentation)."""
     out = {"full": image}
     if "lungs_hidden" in names:
-        out["lungs_hidden"] = hide_lungs(image, _lung_mask(image, mask_path, counts))
+        out["lungs_hidden"] = hide_lungs(image, _lung_mask(image, mask_path, counts, lungs))
         out["border_crop"] = crop_border(image)
     return out
 
 
-def _lung_mask(image: np.ndarray, mask_path: object, counts: dict[str, int]) -> np.ndarray:
+def _lung_mask(
+    image: np.ndarray, mask_path: object, counts: dict[str, int], lungs: np.ndarray | None = None
+) -> np.ndarray:
     """The manifest's lung mask when readable, else the predicted one when plausible, else the ellipses."""
     if isinstance(mask_path, str) and mask_path:
         try:
@@ -255,7 +283,7 @@ def _lung_mask(image: np.ndarray, mask_path: object, counts: dict[str, int]) -> 
             return mask
         except ImageError as exc:
             log.warning("lung mask %s unusable (%s): predicting one", exc.path, exc.reason)
-    if (predicted := predicted_lung_mask(image)) is not None:
+    if (predicted := predicted_lung_mask(image, lungs)) is not None:
         counts["predicted"] += 1
         return predicted
     counts["fixed_ellipses"] += 1
@@ -266,10 +294,13 @@ def _flush(predictor: Predictor, pending: dict[str, list[torch.Tensor]], preds: 
     """Run the model on the pending batch of every variant and empty it."""
     for variant, tensors in pending.items():
         if tensors:
-            with torch.inference_mode(), penultimate(predictor.model) as captured:
-                preds.logits[variant].append(predictor.model(torch.stack(tensors)).float().numpy())
-            if variant == "full" and captured:
-                preds.features.append(captured[-1])
+            model = predictor.model
+            with torch.inference_mode(), penultimate(model) as captured, pooled_features(model) as pooled:
+                preds.logits[variant].append(model(torch.stack(tensors)).float().numpy())
+            if variant == "full":
+                preds.pooled.append(pooled[-1])
+                if captured:
+                    preds.features.append(captured[-1])
             tensors.clear()
 
 
@@ -448,9 +479,15 @@ def _shortcuts(
 
 
 def _write_predictions(
-    path: Path, evaluated: pd.DataFrame, probs: np.ndarray, raw: dict[str, np.ndarray], classes: list[str]
+    path: Path,
+    evaluated: pd.DataFrame,
+    probs: np.ndarray,
+    raw: dict[str, np.ndarray],
+    classes: list[str],
+    reliability: dict[str, list],
 ) -> None:
-    """predictions.csv: path, source, label, true and predicted class, probabilities, variant predictions."""
+    """predictions.csv: path, source, label, true and predicted class, probabilities, variant predictions,
+    then the reliability columns (see :func:`covid_cxr.evaluation.reliability.prediction_columns`)."""
     frame = pd.DataFrame(
         {
             "path": evaluated["path"].astype(str),
@@ -465,4 +502,6 @@ def _write_predictions(
     for variant in VARIANTS[1:]:
         if variant in raw:
             frame[f"predicted_{variant}"] = [classes[k] for k in raw[variant].argmax(axis=1)]
+    for column, values in reliability.items():
+        frame[column] = values
     atomic_write_text(path, frame.to_csv(index=False))

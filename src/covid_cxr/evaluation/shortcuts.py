@@ -98,11 +98,13 @@ def lung_mask(image: np.ndarray, mask_path: str | None = None) -> np.ndarray:
     return _dilate(mask)
 
 
-def predicted_lung_mask(image: np.ndarray) -> np.ndarray | None:
-    """The shipped lung segmenter's mask (dilated) when it finds two plausible lungs, else None."""
+def predicted_lung_mask(image: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray | None:
+    """The shipped lung segmenter's mask (dilated) when it finds two plausible lungs, else None.
+
+    `lungs` is the segmenter's 0/1 mask of `image` when already at hand (it is not segmented again)."""
     from covid_cxr.lungs import lung_stats, segment
 
-    mask = segment(image)
+    mask = segment(image) if lungs is None else lungs
     return _dilate(mask) if lung_stats(mask).quality == "ok" else None
 
 

@@ -21,6 +21,7 @@ import numpy as np
 MAX_CHROMA = 6.0
 MIN_SIDE_CAP = 128
 _GRID = 64
+REASONS = ("not_greyscale", "too_small", "likely_inverted", "not_frontal_chest")
 UNAVAILABLE = ("not_frontal_chest",)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from covid_cxr.report.format import fmt, interval, missing, with_ci
 from covid_cxr.report.images import evaluation_figures
+from covid_cxr.report.reliability import reliability_line, reliability_rows
 from covid_cxr.report.run_files import Evaluation, RunFiles
 
 HEADLINE = {
@@ -22,12 +23,14 @@ def evaluation_section(files: RunFiles) -> dict:
         return missing("no evaluation yet (run `covid-cxr evaluate` on the run, and with --data for others)")
     return {
         "side_by_side": side_by_side(files.evaluations),
+        "reliability": [reliability_line(e, column_label(e)) for e in files.evaluations],
         "evaluations": [_details(e) for e in files.evaluations],
     }
 
 
 def side_by_side(evaluations: list[Evaluation]) -> dict:
-    """Rows of metrics, one column per evaluation: n, accuracy, balanced accuracy, per-class, AUC, ECE."""
+    """Rows of metrics, one column per evaluation: n, accuracy, balanced accuracy, per-class, AUC, ECE,
+    then conformal coverage, set size, OOD flag and abstain rates."""
     header = ["metric", *(column_label(e) for e in evaluations)]
     rows = [["images evaluated", *(str(e.metrics["dataset"]["n_evaluated"]) for e in evaluations)]]
     for key in SIDE_BY_SIDE:
@@ -41,6 +44,7 @@ def side_by_side(evaluations: list[Evaluation]) -> dict:
     rows.append(
         ["ECE (15 bins)", *(_cell(e, "ece", e.metrics["calibration"]["ece_after"]) for e in evaluations)]
     )
+    rows.extend(reliability_rows(evaluations))
     rows.append(["shortcut flags", *(shortcut_summary(e) for e in evaluations)])
     return {"header": header, "rows": rows}
 

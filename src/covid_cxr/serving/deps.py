@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, Header, HTTPException, Path, Request
 
 from covid_cxr.bundle import load_bundle
@@ -40,10 +42,23 @@ class ServerState:
         """Load the bundle (unless given) and build the (not yet started) runner; blocking."""
         if predictor is None:
             predictor = load_bundle(settings.bundle, settings.backend, settings.threads)
+        predictor.frontal_check = settings.frontal_check
         runner = make_runner(
-            predictor.predict_tensor, settings.batching, settings.max_batch, settings.max_wait_ms / 1000
+            partial(_packed, predictor), settings.batching, settings.max_batch, settings.max_wait_ms / 1000
         )
         return cls(settings, predictor, settings.model_name or model_name(predictor.bundle_info), runner)
+
+    async def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C, H, W) input -> ((N, K) probabilities, (N, D) OOD features), micro-batched when on."""
+        out = await self.runner.run(x)
+        k = len(self.predictor.classes)
+        return out[:, :k], out[:, k:]
+
+
+def _packed(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Probabilities and OOD features side by side in one array, so that batches split by rows."""
+    probs, features = predictor.predict_outputs(x)
+    return np.concatenate([probs, features], axis=1)
 
 
 def get_state(request: Request) -> ServerState:

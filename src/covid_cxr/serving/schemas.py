@@ -35,6 +35,9 @@ class ModelCard(BaseModel):
     intended_use: str
     training_data: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    conformal_coverage: float | None = Field(
+        None, description="target coverage of the bundle's prediction sets; None: it has none"
+    )
 
 
 class Health(BaseModel):
@@ -49,8 +52,42 @@ class Health(BaseModel):
     model_card: ModelCard
 
 
-class ClassResult(BaseModel):
-    """Probabilities of one image, by class name, and the most probable class."""
+class OodVerdict(BaseModel):
+    """The out-of-distribution detector's score, threshold and flag (all null for a bundle without one)."""
+
+    score: float | None = None
+    threshold: float | None = None
+    flagged: bool | None = None
+    note: str | None = Field(None, description="why score and flag are missing, when they are")
+
+
+class GateVerdict(BaseModel):
+    """The input gate: the checks the image failed, and those that did not run."""
+
+    reasons: list[str] = Field(
+        default_factory=list, description="not_greyscale, too_small, likely_inverted, not_frontal_chest"
+    )
+    unavailable: list[str] = Field(default_factory=list)
+
+
+class Verdict(BaseModel):
+    """Whether to trust a result: the conformal set, the OOD flag, the gate, and abstain."""
+
+    prediction_set: list[str] | None = Field(
+        None, description="classes of the conformal set at the bundle's coverage (null without one)"
+    )
+    ood: OodVerdict = Field(default_factory=OodVerdict)
+    gate: GateVerdict = Field(default_factory=GateVerdict)
+    abstain: bool | None = Field(
+        None, description="true: outside what this model was trained on; do not interpret the probabilities"
+    )
+    abstain_reasons: list[str] = Field(
+        default_factory=list, description="gate codes, 'ood', 'empty_set' or 'ambiguous_set'"
+    )
+
+
+class ClassResult(Verdict):
+    """Probabilities of one image, by class name, the most probable class, and whether to trust them."""
 
     model: str
     probabilities: dict[str, float]
@@ -87,8 +124,8 @@ class TFColumnarResponse(BaseModel):
     outputs: list[list[float]]
 
 
-class TFExplanation(BaseModel):
-    """One instance's explanation in a TF-Serving-style :explain answer."""
+class TFExplanation(Verdict):
+    """One instance's explanation in a TF-Serving-style :explain answer, with its verdict."""
 
     probabilities: dict[str, float]
     predicted: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -12,9 +13,11 @@ from fastapi import HTTPException
 
 from covid_cxr.bundle import INTENDED_USE
 from covid_cxr.data.images import decode_bytes
+from covid_cxr.data.preprocess import preprocess
 from covid_cxr.explain.cam import METHODS, explain
 from covid_cxr.explain.overlay import encode_png, to_rgb
 from covid_cxr.predictor import Predictor
+from covid_cxr.reliability.gate import GateResult
 from covid_cxr.serving.deps import ServerState
 from covid_cxr.serving.schemas import ExplainResult, ModelCard
 
@@ -32,6 +35,8 @@ def model_card(info: dict[str, Any]) -> ModelCard:
     data = info.get("training_data")
     if isinstance(data, dict):
         data = "; ".join(f"{key}: {value}" for key, value in data.items())
+    elif isinstance(data, list):
+        data = "; ".join(_source_line(source) for source in data if isinstance(source, dict))
     if not data:
         fingerprint = str(info.get("data_fingerprint") or "unknown")
         data = f"not described in the bundle; training-data fingerprint {fingerprint[:16]}"
@@ -46,7 +51,16 @@ def model_card(info: dict[str, Any]) -> ModelCard:
         intended_use=str(info.get("intended_use") or INTENDED_USE),
         training_data=str(data),
         metrics=metrics,
+        conformal_coverage=(info.get("conformal") or {}).get("coverage"),
     )
+
+
+def _source_line(source: dict[str, Any]) -> str:
+    """One training source in words: its folder's name, images per split, and where it lies."""
+    splits = source.get("images") or {}
+    counts = ", ".join(f"{split} {sum(by_class.values())}" for split, by_class in splits.items())
+    path = str(source.get("path") or "unknown")
+    return f"{Path(path).name} ({counts or 'image counts not recorded'}; {path})"
 
 
 def check_method(method: str) -> str:
@@ -61,7 +75,7 @@ def explain_bytes(
 ) -> ExplainResult:
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
-    image = decode_bytes(data, name, state.settings.max_pixels, state.settings.max_side)
+    image = decode_bytes(data, name, state.settings.max_pixels, _side(predictor, state.settings.max_side))
     result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(
@@ -72,7 +86,28 @@ def explain_bytes(
         method=method,
         overlay_png=png_b64(result.overlay),
         image_png=png_b64(to_rgb(image)),
+        **predictor.predict(image).reliability(),
     )
+
+
+def gated_tensor(
+    predictor: Predictor, data: bytes, max_pixels: int, name: str, max_side: int | None
+) -> tuple[np.ndarray, GateResult]:
+    """Encoded image bytes -> (the model's (C, H, W) float32 input, the input gate's result); blocking."""
+    image = decode_bytes(data, name, max_pixels, _side(predictor, max_side))
+    return preprocess(image, predictor.preprocess).numpy(), predictor.gate(image)
+
+
+def verdicts(
+    predictor: Predictor, probs: np.ndarray, features: np.ndarray, gates: list[GateResult]
+) -> list[dict[str, Any]]:
+    """The bundle's conformal set and OOD verdict of each row, with its gate: abstain or not."""
+    return predictor.reliability.assess(probs, features if features.shape[1] else None, gates)
+
+
+def _side(predictor: Predictor, max_side: int | None) -> int | None:
+    """The decoder's size reduction bound: at least the model's input size."""
+    return None if max_side is None else max(max_side, predictor.preprocess.size)
 
 
 def png_b64(rgb: np.ndarray) -> str:

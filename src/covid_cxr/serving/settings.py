@@ -38,6 +38,9 @@ class Settings(BaseModel):
     max_batch: int = Field(16, ge=1, description="most rows in one gathered model call")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a request waits for company")
     cam_method: str = Field("gradcam", description="default explanation method of /explain")
+    frontal_check: bool = Field(
+        True, description="run the lung segmenter in the input gate of /predict, /explain and :explain"
+    )
     max_side: int = Field(
         1024, ge=16, description="decoders reduce larger images to about this side while decoding"
     )

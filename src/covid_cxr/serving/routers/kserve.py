@@ -83,7 +83,7 @@ async def infer(name: ModelDep, state: StateDep, body: BodyDep, request: Request
     async with state.decodes.slot():
         parsed, x = await asyncio.to_thread(_parse, raw, request.headers.get(HEADER_LENGTH), state)
     binary = _binary_output(parsed)
-    probs = await state.runner.run(x)
+    probs, _ = await state.infer(x)
     output = V2Tensor(
         name=OUTPUT,
         shape=list(probs.shape),

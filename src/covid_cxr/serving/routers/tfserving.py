@@ -90,7 +90,7 @@ async def predict(name: ModelDep, state: StateDep, body: BodyDep) -> dict[str, A
     """Probabilities for each instance: `{"predictions": [[p, ...], ...]}` (or `{"outputs": ...}`)."""
     async with state.decodes.slot():
         x, row_format = await asyncio.to_thread(_predict_input, body, state)
-    rows = (await state.runner.run(x)).tolist()
+    rows = (await state.infer(x))[0].tolist()
     return {"predictions": rows} if row_format else {"outputs": rows}
 
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from covid_cxr.serving.deps import BodyDep, StateDep, require_api_key
-from covid_cxr.serving.inputs import image_tensor, upload_bytes
+from covid_cxr.serving.inputs import upload_bytes
 from covid_cxr.serving.schemas import ERRORS, ClassResult, ExplainResult
-from covid_cxr.serving.service import by_class, explain_bytes
+from covid_cxr.serving.service import by_class, explain_bytes, gated_tensor, verdicts
 
 router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)], responses=ERRORS)
 
@@ -35,11 +35,13 @@ _UPLOAD_DOC = {
 async def predict_upload(request: Request, state: StateDep, body: BodyDep) -> ClassResult:
     """Class probabilities of one uploaded image (multipart field `file`, or the raw file as the body)."""
     data, name = upload_bytes(body, request.headers.get("content-type"))
-    spec, s = state.predictor.preprocess, state.settings
+    predictor, s = state.predictor, state.settings
     async with state.decodes.slot():
-        x = await asyncio.to_thread(image_tensor, data, spec, s.max_pixels, name, s.max_side)
-    probabilities, predicted = by_class(state.predictor, (await state.runner.run(x[None]))[0])
-    return ClassResult(model=state.model_name, probabilities=probabilities, predicted=predicted)
+        x, gate = await asyncio.to_thread(gated_tensor, predictor, data, s.max_pixels, name, s.max_side)
+    probs, features = await state.infer(x[None])
+    probabilities, predicted = by_class(predictor, probs[0])
+    verdict = verdicts(predictor, probs, features, [gate])[0]
+    return ClassResult(model=state.model_name, probabilities=probabilities, predicted=predicted, **verdict)
 
 
 @router.post("/explain", response_model=ExplainResult, openapi_extra=_UPLOAD_DOC)

@@ -1,8 +1,11 @@
-// The clinician page: send one image to /explain, show the class probabilities and the Grad-CAM overlay.
+// The clinician page: send one image to /explain, show the class probabilities and the Grad-CAM overlay,
+// or, when the model abstains, say so instead (reliability.js words the reasons).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const ANYWAY = "Show the probabilities anyway (research only)";
 let lastFile = null; // re-sent when the API key is entered after a 401
+let coverage = null; // the target coverage of the model's prediction sets, from /healthz's model card
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -29,6 +32,7 @@ async function loadInfo() {
 
 function showCard(card) {
   if (!card) return;
+  coverage = typeof card.conformal_coverage === "number" ? card.conformal_coverage : null;
   $("card-use").textContent = card.intended_use;
   $("card-data").textContent = card.training_data;
   const metrics = Object.entries(card.metrics || {}).map(([k, v]) => `${k} ${v.toFixed(3)}`);
@@ -44,6 +48,40 @@ function clearResult() {
   $("file-name").textContent = "";
   $("cam-class").textContent = "";
   $("target-line").textContent = "";
+  $("abstain").hidden = true;
+  $("abstain-reasons").replaceChildren();
+  $("show-anyway").hidden = true;
+  $("no-check").hidden = true;
+  $("prediction-set").textContent = "";
+  $("unchecked").textContent = "";
+  showAnswer(true);
+}
+
+// Show or hide what reads as a result: the bars, the prediction set and the heat map.
+function showAnswer(visible) {
+  $("answer").hidden = !visible;
+  $("overlay-figure").hidden = !visible;
+  $("show-anyway").setAttribute("aria-expanded", String(visible));
+  $("show-anyway").textContent = visible ? "Hide the probabilities" : ANYWAY;
+}
+
+function showReliability(result) {
+  const abstain = result.abstain === true;
+  const items = abstain ? abstainReasons(result, coverage) : [];
+  $("abstain-reasons").replaceChildren(...items.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  $("abstain").hidden = !abstain;
+  $("show-anyway").hidden = !abstain;
+  $("answer").classList.toggle("anyway", abstain);
+  $("anyway-note").hidden = !abstain;
+  showAnswer(!abstain);
+  $("prediction-set").textContent = predictionSetLine(result, coverage);
+  $("no-check").textContent = missingChecks(result);
+  $("no-check").hidden = !$("no-check").textContent;
+  $("unchecked").textContent = uncheckedLine(result);
 }
 
 function showBars(probabilities, predicted) {
@@ -118,11 +156,12 @@ async function analyse(file) {
   $("cam-class").textContent = result.target_class;
   $("target-line").textContent =
     `Most probable: ${result.predicted}. Heat map method: ${result.method}. Research use only.`;
+  showReliability(result);
   $("results").hidden = false;
   setStatus(`Done: ${file.name}.`);
 }
 
-function setUpDropZone() {
+function setUpControls() {
   const zone = $("drop-zone");
   const stop = (event) => { event.preventDefault(); event.stopPropagation(); };
   ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
@@ -141,12 +180,15 @@ function setUpDropZone() {
     analyse(event.target.files[0]);
     event.target.value = ""; // choosing the same file again fires "change" again
   });
+  $("show-anyway").addEventListener("click", () => {
+    showAnswer($("show-anyway").getAttribute("aria-expanded") !== "true");
+  });
   $("api-key").addEventListener("keydown", (event) => {
     if (event.key === "Enter") { event.preventDefault(); analyse(lastFile); }
   });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setUpDropZone();
+  setUpControls();
   loadInfo();
 });
