@@ -56,7 +56,7 @@ def test_conformal_coverage_near_target(method):
 
 @pytest.mark.parametrize("method", ["lac", "aps"])
 def test_coverage_over_resplits_is_the_conformal_guarantee(method):
-    """Averaged over random calibration/test splits of one pool, coverage is ceil((n + 1)(1 - a)) / (n + 1)."""
+    """Averaged over random calibration/test splits of a pool: ceil((n + 1)(1 - a)) / (n + 1) covered."""
     probs, y = _sampled(300, 2)
     rng = np.random.default_rng(0)
     covered = []

@@ -8,9 +8,10 @@ training mean times the number of left-out components (so an image unlike anythi
 split scores high even off the kept components). On raw features a model trained on 100 radiography-224
 images per class flagged 75 % of 37 photographs, CT/MR slices, noise and text pages (noise and
 textures have small feature norms); normalised 99 %. With as many components as training images
-minus one nothing was left out and it flagged 41 % (30 images per class). kNN (Sun et al. 2022): one minus the cosine similarity
-to the k-th nearest of a sample of L2-normalised training features. The threshold is a quantile of the
-validation split's scores. Everything the score needs fits in a few arrays (:meth:`OodDetector.arrays`).
+minus one nothing was left out and it flagged 41 % (30 images per class). kNN (Sun et al. 2022): one
+minus the cosine similarity to the k-th nearest of a sample of L2-normalised training features. The
+threshold is a quantile of the validation split's scores. Everything the score needs fits in a few
+arrays (:meth:`OodDetector.arrays`).
 """
 
 from __future__ import annotations
