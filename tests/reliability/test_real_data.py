@@ -4,8 +4,9 @@ Two runs of the demo preset: one on 150 phantoms (the demo bundle, 128 px) and o
 radiography-224 images per class (64 px, 3 epochs: 192 train, 48 val, 60 test). Over 40 random splits
 of that size the test split's OOD flag rate averaged 2.0 % (never above 10 %) and the 37 non-chest
 images' 99.5 % (never below 97 %); 75 images per class gave the same, 50 exceeded 10 % in 15 % of
-splits. The lung-segmenter check of the gate costs about 0.5 s an image on two cores, so it runs
-only on the non-chest images. About 2 minutes on two busy cores.
+splits. Conformal coverage is checked where a finite split can show it: averaged over random
+calibration/test splits of the predicted val and test probabilities (one split of 48 + 60 images has a
+standard deviation of 5.8 points). About 2 minutes on two busy cores.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _train(root: Path, data: Path, overrides: list[str]) -> Path:
     return root / "run"
 
 
-def _predictor(run: Path, frontal_check: bool = False) -> Predictor:
+def _predictor(run: Path, frontal_check: bool = True) -> Predictor:
+    """The run's bundle as the product loads it; the gate's lung check does not change sets or OOD."""
     predictor = load_bundle(run / "bundle")
     predictor.frontal_check = frontal_check
     return predictor
@@ -105,11 +107,11 @@ def test_a_radiography_model_flags_images_that_are_not_chest_radiographs(
     pytest.importorskip("skimage")
     paths = non_chest_images(tmp_path / "non-chest")
     assert len(paths) >= 30 and {"CT_small.dcm", "MR_small.dcm", "text_page.png"} <= {p.name for p in paths}
-    predictions, failures = _predictor(radiography_run, frontal_check=True).predict_files(paths)
+    predictions, failures = _predictor(radiography_run).predict_files(paths)
     assert not failures
-    assert _flagged(predictions) >= 0.95  # by the OOD score alone
+    assert _flagged(predictions) >= 0.95  # by the OOD score alone (measured: 37 of 37)
     assert np.mean([p.abstain for p in predictions]) >= 0.95
-    assert np.mean([bool(p.gate["reasons"]) for p in predictions]) >= 0.5  # the gate on its own
+    assert np.mean([bool(p.gate["reasons"]) for p in predictions]) >= 0.9  # the gate alone: 37 of 37
 
 
 def _probabilities(predictions: list[Prediction], classes: list[str]) -> np.ndarray:
@@ -154,13 +156,13 @@ def _assert_resplit_coverage(probs: np.ndarray, y: np.ndarray, n_cal: int) -> No
 
 
 def test_conformal_coverage_on_real_radiographs(radiography_run: Path) -> None:
-    probs, y, n_val = _val_and_test(radiography_run, _predictor(radiography_run))
+    probs, y, n_val = _val_and_test(radiography_run, _predictor(radiography_run, frontal_check=False))
     _assert_resplit_coverage(probs, y, n_val)
 
 
 def test_conformal_coverage_on_phantoms(demo_run: Path, tmp_path: Path) -> None:
     """The demo's val and test phantoms pooled with 300 fresh ones from the same generator."""
-    predictor = _predictor(demo_run)
+    predictor = _predictor(demo_run, frontal_check=False)
     probs, y, _ = _val_and_test(demo_run, predictor)
     fresh = synthesize(tmp_path / "fresh", n=300, size=128, seed=1)
     more = _probabilities(predictor.predict(fresh["path"].tolist()), predictor.classes)
