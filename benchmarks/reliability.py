@@ -1,7 +1,7 @@
 """What a bundle's reliability fields say per dataset: OOD flags, the gate, abstentions, conformal sets.
 
 For the bundle given, every image goes through ``load_bundle(...).predict_files`` (the product path).
-Rows: the run's own test split (when the bundle sits in a run folder, or with --run), radiography-224,
+Rows: the run's whole test split (when the bundle sits in a run folder, or with --run), radiography-224,
 kermany-224's test part, figure1's labelled images, lungs-256 and the non-chest set of
 ``covid_cxr.reliability.probes`` (scikit-image's photographs and others, pydicom's CT and MR slices,
 noise, a text page). Images the run trained, validated or tested on are left out of the external
@@ -81,11 +81,15 @@ def _datasets(
         unseen = frame[[str(Path(p).resolve()) not in seen for p in frame["path"]]]
         out[name] = unseen.reindex(columns=["path", "label"])
     out["non-chest"] = pd.DataFrame({"path": non_chest_images(work / "non-chest")}).assign(label=None)
-    return {name: _spread(frame.reset_index(drop=True), limit) for name, frame in out.items()}
+    return {
+        name: frame.reset_index(drop=True) if name == "own test split" else _spread(frame, limit)
+        for name, frame in out.items()
+    }
 
 
 def _spread(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
     """At most `limit` rows, evenly spaced, so every class of a sorted listing is represented."""
+    frame = frame.reset_index(drop=True)
     if len(frame) <= limit:
         return frame
     return frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)]
@@ -95,7 +99,7 @@ def _row(name: str, frame: pd.DataFrame, predictor: Predictor) -> list[object]:
     """One table row: rates over the predicted images, coverage over the labelled ones."""
     start = time.perf_counter()
     predictions, failures = predictor.predict_files([str(p) for p in frame["path"]])
-    seconds = (time.perf_counter() - start) / max(len(frame), 1)
+    seconds = (time.perf_counter() - start) / len(frame) if len(frame) else float("nan")
     labels = dict(zip(map(str, frame["path"]), frame["label"], strict=True))
     coverage, n_labelled, size = _coverage(predictions, labels, predictor.classes)
     n = f"{len(predictions)}" + (f" ({len(failures)} unreadable)" if failures else "")
@@ -141,7 +145,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("bundle", type=Path, help="a bundle folder (RUN/bundle)")
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the real data folder")
     parser.add_argument("--run", type=Path, default=None, help="the run folder (default: the bundle's)")
-    parser.add_argument("--limit", type=int, default=120, help="at most this many images per dataset")
+    parser.add_argument("--limit", type=int, default=120, help="at most this many images per external set")
     parser.add_argument(
         "--frontal-check",
         action=argparse.BooleanOptionalAction,
