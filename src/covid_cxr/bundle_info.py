@@ -54,10 +54,14 @@ class Calibration(BaseModel):
     val_ece_after: float | None = None
 
 
+OOD_FORMAT = 2  # 2: Mahalanobis on L2-normalised features; 1 (or no `format`): on raw features
+
+
 class OodInfo(BaseModel):
     """The OOD detector: its arrays in ``file`` (listed in ``files``), its threshold here."""
 
     model_config = ConfigDict(extra="allow")
+    format: int = Field(1, description="how ood.npz is to be read; only OOD_FORMAT is scored")
     method: str = "mahalanobis"
     features: str = "pooled"
     file: str = OOD_NPZ

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from covid_cxr.bundle import load_bundle, store_reliability, write_bundle
-from covid_cxr.bundle_info import ConformalInfo, OodInfo
+from covid_cxr.bundle_info import OOD_FORMAT, ConformalInfo, OodInfo
 from covid_cxr.config import HeadConfig, ModelConfig, RunConfig
 from covid_cxr.data.preprocess import normalize, prepare
 from covid_cxr.data.spec import Preprocess
@@ -43,7 +43,9 @@ def fitted_bundle(plain: Path, folder: Path) -> Path:
     x = normalize(np.stack([prepare(im, SPEC) for im in phantoms(90, 0)]), SPEC)
     _, features = predictor.predict_outputs(x)
     detector = fit_detector(features[:60], np.arange(60) % 3)
-    ood = OodInfo(threshold=threshold(detector.score(features[60:]), 0.99), n_train=60, n_val=30)
+    ood = OodInfo(
+        format=OOD_FORMAT, threshold=threshold(detector.score(features[60:]), 0.99), n_train=60, n_val=30
+    )
     shutil.copytree(plain, folder)
     store_reliability(folder, ood, detector.arrays, ConformalInfo(qhat=0.5, n_val=30))
     return folder

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from covid_cxr.bundle import load_bundle, retemper_bundle, store_reliability, write_bundle
-from covid_cxr.bundle_info import OOD_NPZ, ConformalInfo, OodInfo, read_bundle_info
+from covid_cxr.bundle_info import OOD_FORMAT, OOD_NPZ, ConformalInfo, OodInfo, read_bundle_info
 from covid_cxr.config import HeadConfig, ModelConfig, RunConfig
 from covid_cxr.data.spec import Preprocess
 from covid_cxr.models.zoo import build_model
@@ -32,7 +32,9 @@ def test_store_load_retemper_and_assess(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)), rng.integers(0, 3, 60)
     detector = fit_detector(x, y)
-    ood = OodInfo(threshold=float(np.quantile(detector.score(x), 0.99)), n_train=60, n_val=60)
+    ood = OodInfo(
+        format=OOD_FORMAT, threshold=float(np.quantile(detector.score(x), 0.99)), n_train=60, n_val=60
+    )
     info = store_reliability(folder, ood, detector.arrays, ConformalInfo(qhat=0.5, n_val=60))
     assert OOD_NPZ in info.files and (folder / OOD_NPZ).is_file()
     load_bundle(folder, backend="torch")  # the sha256 of ood.npz checks out
@@ -47,3 +49,17 @@ def test_store_load_retemper_and_assess(tmp_path):
     assert out[1]["gate"]["reasons"] == ["too_small"] and all(o["abstain"] for o in out)
     near = rel.assess(probs[:1], x[:1], [GateResult()])[0]
     assert near["ood"]["flagged"] is False and near["prediction_set"] is None and not near["abstain"]
+
+
+def test_a_detector_of_an_older_format_is_set_aside_and_says_so(tmp_path):
+    folder = _bundle(tmp_path)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 8)), rng.integers(0, 3, 40)
+    detector = fit_detector(x, y)
+    old = OodInfo(threshold=1.0, n_train=40, n_val=40)  # written before formats: read as format 1
+    info = store_reliability(folder, old, detector.arrays, None)
+    assert info.ood is not None and info.ood.format == 1
+    rel = Reliability.from_bundle(folder, info)
+    assert rel.detector is None and rel.info.ood is None
+    (verdict,) = rel.assess(np.array([[0.8, 0.1, 0.1]]), x[:1], [GateResult()])
+    assert verdict["ood"]["flagged"] is None and "older format (1)" in verdict["ood"]["note"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from covid_cxr.bundle_info import BundleInfo
+from covid_cxr.bundle_info import OOD_FORMAT, BundleInfo
 from covid_cxr.reliability.conformal import prediction_sets
 from covid_cxr.reliability.gate import GateResult
 from covid_cxr.reliability.ood import OodDetector
+
+log = logging.getLogger(__name__)
+NO_DETECTOR = "bundle has no OOD detector"
 
 
 @dataclass
@@ -21,12 +25,21 @@ class Reliability:
 
     info: BundleInfo
     detector: OodDetector | None
+    note: str = NO_DETECTOR  # what `ood` says when there is no detector to score with
 
     @classmethod
     def from_bundle(cls, folder: str | Path, info: BundleInfo) -> Reliability:
-        """Read ood.npz when bundle.json lists a detector."""
+        """Read ood.npz when bundle.json lists a detector of the current format (an older one is set
+        aside: its threshold does not hold for today's score)."""
         from covid_cxr.bundle import load_ood_arrays
 
+        if info.ood is not None and info.ood.format != OOD_FORMAT:
+            note = (
+                f"the bundle's OOD detector is of an older format ({info.ood.format}); "
+                "refit it with covid-cxr reliability RUN"
+            )
+            log.warning("%s: %s", folder, note)
+            return cls(info.model_copy(update={"ood": None}), None, note)
         arrays = load_ood_arrays(folder, info)
         detector = OodDetector(info.ood.method, arrays) if info.ood and arrays is not None else None  # type: ignore[arg-type]
         return cls(info, detector)
@@ -60,6 +73,6 @@ class Reliability:
     def _ood(self, score: float | None) -> dict[str, Any]:
         """{score, threshold, flagged}; all None when the bundle has no detector (says so in `note`)."""
         if score is None or self.info.ood is None:
-            return {"score": None, "threshold": None, "flagged": None, "note": "bundle has no OOD detector"}
+            return {"score": None, "threshold": None, "flagged": None, "note": self.note}
         flagged = not math.isfinite(score) or score > self.info.ood.threshold
         return {"score": score, "threshold": self.info.ood.threshold, "flagged": bool(flagged)}

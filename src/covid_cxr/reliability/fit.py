@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from covid_cxr.bundle import load_bundle, store_reliability
-from covid_cxr.bundle_info import BundleInfo, ConformalInfo, OodInfo
+from covid_cxr.bundle_info import OOD_FORMAT, BundleInfo, ConformalInfo, OodInfo
 from covid_cxr.config import ReliabilityConfig
 from covid_cxr.errors import DataError
 from covid_cxr.evaluation.calibration import apply_temperature
@@ -43,6 +43,7 @@ def fit_reliability(
     y = {s: split[s]["_y"].to_numpy()[found[s][0]] for s in split}
     detector = fit_detector(found["train"][1], y["train"], cfg.ood_method)
     ood = OodInfo(
+        format=OOD_FORMAT,
         method=cfg.ood_method,
         quantile=cfg.ood_quantile,
         threshold=threshold(detector.score(found["val"][1]), cfg.ood_quantile),
