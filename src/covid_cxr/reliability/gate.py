@@ -20,6 +20,7 @@ import numpy as np
 
 MAX_CHROMA = 6.0
 MIN_SIDE_CAP = 128
+FRONTAL_SIDE = 256  # the lung check segments a copy at most this large
 _GRID = 64
 REASONS = ("not_greyscale", "too_small", "likely_inverted", "not_frontal_chest")
 UNAVAILABLE = ("not_frontal_chest",)
@@ -57,9 +58,19 @@ def check_image(
     if frontal or lungs is not None:
         from covid_cxr.lungs import lung_stats, segment  # the segmenter loads only when asked
 
-        if lung_stats(segment(image) if lungs is None else lungs).quality != "ok":
+        if lung_stats(segment(_shrunk(image)) if lungs is None else lungs).quality != "ok":
             result.reasons.append("not_frontal_chest")
     return result
+
+
+def _shrunk(image: np.ndarray) -> np.ndarray:
+    """The image at most FRONTAL_SIDE px on its longer side: the lung check reads shares of the image,
+    and a 1024 px radiograph's full-size mask took 80 ms against 25 ms at 256 px."""
+    scale = FRONTAL_SIDE / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
 
 
 def chroma(image: np.ndarray) -> float:
