@@ -96,3 +96,14 @@ def test_data_check_with_lungs_reports_each_image(shared_data: Path, tmp_path: P
     assert lungs["blank.png"]["quality"] != "ok"
     assert sum(r["quality"] == "ok" for r in lungs.values()) == 6
     assert all(0 <= r["area_fraction"] <= 1 and r["components"] >= 0 for r in lungs.values())
+
+
+def test_onnx_runtime_and_torch_give_the_same_masks(shared_data: Path) -> None:
+    from covid_cxr.lungs.segmenter import LungSegmenter
+
+    shipped = load_segmenter()
+    assert shipped.session is not None  # the gate's lung check runs on ONNX Runtime
+    eager = LungSegmenter(shipped.net, shipped.size)
+    for path in sorted((shared_data / "lungs-256" / "images").iterdir())[::100]:
+        image = load_image(path)
+        assert (shipped(image) != eager(image)).mean() < 1e-3
