@@ -56,7 +56,10 @@ class ServerState:
 
 
 def _packed(predictor: Predictor, x: np.ndarray) -> np.ndarray:
-    """Probabilities and OOD features side by side in one array, so that batches split by rows."""
+    """Probabilities and OOD features side by side in one array, so that batches split by rows (no
+    features for a bundle without a detector: nothing would score them)."""
+    if predictor.reliability.detector is None:
+        return predictor.predict_tensor(x)
     probs, features = predictor.predict_outputs(x)
     return np.concatenate([probs, features], axis=1)
 
