@@ -107,3 +107,16 @@ def test_onnx_runtime_and_torch_give_the_same_masks(shared_data: Path) -> None:
     for path in sorted((shared_data / "lungs-256" / "images").iterdir())[::100]:
         image = load_image(path)
         assert (shipped(image) != eager(image)).mean() < 1e-3
+
+
+def test_the_first_segmentations_may_arrive_on_several_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = np.zeros((128, 128), np.uint8)
+    load_segmenter.cache_clear()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            masks = list(pool.map(lambda _: segment(image), range(4)))
+    finally:
+        load_segmenter.cache_clear()
+    assert all(mask.shape == (128, 128) for mask in masks)

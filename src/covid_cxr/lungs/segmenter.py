@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,7 @@ from covid_cxr.lungs.quality import clean_mask
 WEIGHTS_FILE = "lungs-lite0.pt"
 WEIGHTS_SHA256 = "9f46434e3829d1d9423a9f28dfded24179f68b19073348f2d6c89d59698ef732"
 FORMAT_VERSION = 1
+_EXPORT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -70,7 +72,8 @@ def load_segmenter(path: str | None = None) -> LungSegmenter:
     net.decoder.load_state_dict({k: v.float() for k, v in state["decoder"].items()})
     net.eval()
     size = int(state["size"])
-    return LungSegmenter(net, size, _onnx_session(net, size))
+    with _EXPORT_LOCK:  # the ONNX exporter is not re-entrant: the first gated images arrive on threads
+        return LungSegmenter(net, size, _onnx_session(net, size))
 
 
 def _onnx_session(net: LungNet, size: int) -> Any | None:
