@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -67,19 +68,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(bundle_dir: Path) -> Iterator[str]:
-    """`serve()` in a subprocess on a free local port; yields its base URL and stops it afterwards."""
+@contextmanager
+def serving(bundle: Path, options: str = "") -> Iterator[tuple[str, int]]:
+    """`serve(bundle)` in a subprocess on a free local port, with extra keyword arguments (Python
+    source, e.g. ", api_key='k'"); yields (base URL, port) and stops it afterwards."""
     port = free_port()
     code = (
         "import sys; from covid_cxr.serving import serve; serve(sys.argv[1], port=int(sys.argv[2]), "
-        f"model_name={MODEL_NAME!r}, log_level='warning')"
+        f"model_name={MODEL_NAME!r}, log_level='warning'{options})"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle_dir), str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, proc)
-        yield url
+        yield url, port
     finally:
         proc.terminate()
         try:
@@ -87,6 +89,13 @@ def live_server(bundle_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(bundle_dir: Path) -> Iterator[str]:
+    """`serve()` of the tiny bundle in a subprocess; yields its base URL."""
+    with serving(bundle_dir) as (url, _):
+        yield url
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:

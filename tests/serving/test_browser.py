@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ from covid_cxr.config import RunConfig
 from covid_cxr.data.synthetic import render_phantom, synthesize
 from covid_cxr.training.train import train_run
 from tests.conftest import chromium_page
-from tests.serving.conftest import CLASSES, MODEL_NAME, _wait_until_up, free_port
+from tests.serving.conftest import CLASSES, serving
 
 SCREENSHOT = Path("/tmp/page.png")
 VIEWPORTS = {"": (1280, 800), "-phone": (390, 844)}  # screenshot suffix: (width, height)
@@ -90,27 +87,10 @@ def test_page_shows_probabilities_and_overlay(live_server: str) -> None:
     assert len(expected_400) == 1 and [p for p in problems if p not in expected_400] == []
 
 
-@contextmanager
-def serving(bundle: Path, options: str = "") -> Iterator[str]:
-    """serve(bundle) in a subprocess with extra keyword arguments (Python source); yields its URL."""
-    port = free_port()
-    code = (
-        "import sys; from covid_cxr.serving import serve; serve(sys.argv[1], port=int(sys.argv[2]), "
-        f"model_name={MODEL_NAME!r}, log_level='warning'{options})"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(port)])
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def keyed_server(bundle_dir: Path) -> Iterator[str]:
     """serve() with an API key, in a subprocess."""
-    with serving(bundle_dir, ", api_key='page-key'") as url:
+    with serving(bundle_dir, ", api_key='page-key'") as (url, _):
         yield url
 
 
@@ -150,7 +130,7 @@ def reliable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     synthesize(root / "data", n=240, size=64, seed=1)
     train_run(cfg, root / "data", root / "run", progress=False, cache_dir=root / "cache")
-    with serving(root / "run" / "bundle") as url:
+    with serving(root / "run" / "bundle") as (url, _):
         yield url
 
 

@@ -29,7 +29,7 @@ from covid_cxr.errors import ConfigError, ImageError
 from covid_cxr.serving import Settings, default_allowed_hosts, serve
 from covid_cxr.serving.limits import Slots
 from tests.data.test_dicom import make_dicom
-from tests.serving.conftest import MODEL_NAME, _wait_until_up, free_port, make_client, png_bytes
+from tests.serving.conftest import MODEL_NAME, _wait_until_up, free_port, make_client, png_bytes, serving
 
 SECRET = "PID-987654321-SECRET"
 
@@ -215,18 +215,8 @@ def test_decoder_warnings_never_reach_the_log(
 @pytest.fixture(scope="module")
 def strict_server(bundle_dir: Path) -> Iterator[tuple[str, int]]:
     """serve() with 1 s header and body timeouts in a subprocess; yields (url, port)."""
-    port = free_port()
-    code = (
-        "import sys; from covid_cxr.serving import serve; serve(sys.argv[1], port=int(sys.argv[2]), "
-        f"model_name={MODEL_NAME!r}, log_level='warning', header_timeout_s=1.0, body_timeout_s=1.0)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle_dir), str(port)])
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with serving(bundle_dir, ", header_timeout_s=1.0, body_timeout_s=1.0") as server:
+        yield server
 
 
 def _trickle(port: int, head: bytes, data: bytes, pause: float = 0.25) -> tuple[int, bytes]:
