@@ -50,3 +50,19 @@ def chromium_page(width: int, height: int) -> Iterator[tuple[object, list[str]]]
             yield page, problems
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def plain_reliability_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 64 px convnet bundle without an OOD detector or conformal sets (an older bundle)."""
+    from tests.reliability.bundles import plain_bundle
+
+    return plain_bundle(tmp_path_factory.mktemp("plain") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def reliability_bundle(plain_reliability_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same bundle with an OOD detector fitted on phantoms and a conformal q-hat of 0.5."""
+    from tests.reliability.bundles import fitted_bundle
+
+    return fitted_bundle(plain_reliability_bundle, tmp_path_factory.mktemp("fitted") / "bundle")

@@ -10,25 +10,15 @@ import pytest
 from PIL import Image
 
 from covid_cxr.bundle import load_bundle
-from tests.reliability.bundles import CLASSES, fitted_bundle, phantoms, plain_bundle
+from tests.reliability.bundles import CLASSES, phantoms
 from tests.test_cli import run_cli
 
 KEYS = {"path", "probabilities", "predicted", "prediction_set", "ood", "gate", "abstain", "abstain_reasons"}
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return plain_bundle(tmp_path_factory.mktemp("plain") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def bundle(plain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fitted_bundle(plain, tmp_path_factory.mktemp("fitted") / "bundle")
-
-
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_phantoms_pass_and_noise_abstains(bundle: Path, backend: str) -> None:
-    predictor = load_bundle(bundle, backend=backend)
+def test_phantoms_pass_and_noise_abstains(reliability_bundle: Path, backend: str) -> None:
+    predictor = load_bundle(reliability_bundle, backend=backend)
     assert predictor.backend == backend
     noise = np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)
     results = predictor.predict([*phantoms(6, 5), noise])
@@ -47,27 +37,27 @@ def test_phantoms_pass_and_noise_abstains(bundle: Path, backend: str) -> None:
         assert r.abstain is wanted
 
 
-def test_backends_give_the_same_verdicts(bundle: Path) -> None:
+def test_backends_give_the_same_verdicts(reliability_bundle: Path) -> None:
     images = [*phantoms(4, 9), np.full((128, 128), 128, np.uint8)]
-    a, b = (load_bundle(bundle, backend=k).predict(images) for k in ("onnx", "torch"))
+    a, b = (load_bundle(reliability_bundle, backend=k).predict(images) for k in ("onnx", "torch"))
     for x, y in zip(a, b, strict=True):
         assert x.ood["score"] == pytest.approx(y.ood["score"], rel=1e-3)
         assert (x.prediction_set, x.abstain_reasons) == (y.prediction_set, y.abstain_reasons)
 
 
-def test_predict_files_carry_the_verdicts(bundle: Path, tmp_path: Path) -> None:
+def test_predict_files_carry_the_verdicts(reliability_bundle: Path, tmp_path: Path) -> None:
     path = tmp_path / "colour.png"
     rgb = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(path)
     (bad := tmp_path / "bad.png").write_bytes(b"not a png")
-    results, failures = load_bundle(bundle).predict_files([path, bad])
+    results, failures = load_bundle(reliability_bundle).predict_files([path, bad])
     assert list(failures) == [str(bad)]
     assert results[0].path == str(path) and "not_greyscale" in results[0].gate["reasons"]
     assert results[0].abstain
 
 
-def test_an_older_bundle_says_it_has_no_detector(plain: Path) -> None:
-    predictor = load_bundle(plain)
+def test_an_older_bundle_says_it_has_no_detector(plain_reliability_bundle: Path) -> None:
+    predictor = load_bundle(plain_reliability_bundle)
     predictor.frontal_check = False
     result = predictor.predict(phantoms(1, 3)[0])
     assert result.ood == {
@@ -82,17 +72,17 @@ def test_an_older_bundle_says_it_has_no_detector(plain: Path) -> None:
 
 
 def test_cli_predict_prints_the_verdict(
-    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    reliability_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     noise = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(8).integers(0, 256, (128, 128), dtype=np.uint8)).save(noise)
     phantom = tmp_path / "phantom.png"
     Image.fromarray(phantoms(1, 11)[0]).save(phantom)
-    code, out, _ = run_cli(["predict", bundle, phantom, noise, "--json"], capsys)
+    code, out, _ = run_cli(["predict", reliability_bundle, phantom, noise, "--json"], capsys)
     rows = {Path(r["path"]).name: r for r in json.loads(out)}
     assert code == 0
     assert rows["noise.png"]["abstain"] is True and "ood" in rows["noise.png"]["abstain_reasons"]
     assert rows["phantom.png"]["gate"] == {"reasons": [], "unavailable": []}
     assert set(rows["phantom.png"]) == KEYS
-    code, out, _ = run_cli(["predict", bundle, noise], capsys)
+    code, out, _ = run_cli(["predict", reliability_bundle, noise], capsys)
     assert "abstain" in out and "ok" not in out

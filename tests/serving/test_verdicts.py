@@ -14,7 +14,7 @@ from PIL import Image
 
 from covid_cxr.bundle import load_bundle
 from covid_cxr.serving import Settings, create_app
-from tests.reliability.bundles import CLASSES, fitted_bundle, phantoms, plain_bundle
+from tests.reliability.bundles import CLASSES, phantoms
 
 VERDICT = {"prediction_set", "ood", "gate", "abstain", "abstain_reasons"}
 
@@ -26,18 +26,10 @@ def _png(image: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return plain_bundle(tmp_path_factory.mktemp("plain") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def bundle(plain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fitted_bundle(plain, tmp_path_factory.mktemp("fitted") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def client(bundle: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(bundle=bundle, model_name="m")), raise_server_exceptions=False) as c:
+def client(reliability_bundle: Path) -> Iterator[TestClient]:
+    with TestClient(
+        create_app(Settings(bundle=reliability_bundle, model_name="m")), raise_server_exceptions=False
+    ) as c:
         yield c
 
 
@@ -48,9 +40,9 @@ def images() -> dict[str, bytes]:
 
 
 def test_predict_upload_carries_the_same_verdict_as_the_predictor(
-    client: TestClient, bundle: Path, images: dict[str, bytes]
+    client: TestClient, reliability_bundle: Path, images: dict[str, bytes]
 ) -> None:
-    predictor = load_bundle(bundle)
+    predictor = load_bundle(reliability_bundle)
     for name, data in images.items():
         body = client.post("/predict", files={"file": (f"{name}.png", data, "image/png")}).json()
         want = predictor.predict(data)
@@ -83,9 +75,9 @@ def test_tf_predict_and_kserve_answer_probabilities_only(
 
 
 def test_frontal_check_can_be_turned_off_and_old_bundles_say_so(
-    plain: Path, images: dict[str, bytes]
+    plain_reliability_bundle: Path, images: dict[str, bytes]
 ) -> None:
-    settings = Settings(bundle=plain, model_name="m", frontal_check=False)
+    settings = Settings(bundle=plain_reliability_bundle, model_name="m", frontal_check=False)
     with TestClient(create_app(settings)) as c:
         body = c.post("/predict", content=images["phantom"]).json()
     assert body["gate"] == {"reasons": [], "unavailable": ["not_frontal_chest"]}
