@@ -42,11 +42,17 @@ def parse_json(body: bytes, model: type[BaseModel]) -> Any:
 def image_tensor(
     data: bytes, spec: Preprocess, max_pixels: int, name: str = UPLOAD_NAME, max_side: int | None = None
 ) -> np.ndarray:
-    """Encoded image bytes -> the model's (C, H, W) float32 input; ImageError when undecodable.
+    """Encoded image bytes -> the model's (C, H, W) float32 input; ImageError when undecodable."""
+    return preprocess(decode_upload(data, spec, max_pixels, name, max_side), spec).numpy()
+
+
+def decode_upload(
+    data: bytes, spec: Preprocess, max_pixels: int, name: str = UPLOAD_NAME, max_side: int | None = None
+) -> np.ndarray:
+    """Encoded image bytes -> the decoded image; ImageError when undecodable.
 
     `max_side` (at least the model's input size) lets the decoder reduce a large image on the way."""
-    side = None if max_side is None else max(max_side, spec.size)
-    return preprocess(decode_bytes(data, name, max_pixels, side), spec).numpy()
+    return decode_bytes(data, name, max_pixels, None if max_side is None else max(max_side, spec.size))
 
 
 def b64_bytes(value: Any, where: str) -> bytes:

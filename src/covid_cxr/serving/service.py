@@ -12,13 +12,13 @@ import numpy as np
 from fastapi import HTTPException
 
 from covid_cxr.bundle import INTENDED_USE
-from covid_cxr.data.images import decode_bytes
 from covid_cxr.data.preprocess import preprocess
 from covid_cxr.explain.cam import METHODS, explain
 from covid_cxr.explain.overlay import encode_png, to_rgb
 from covid_cxr.predictor import Predictor
 from covid_cxr.reliability.gate import GateResult
 from covid_cxr.serving.deps import ServerState
+from covid_cxr.serving.inputs import decode_upload
 from covid_cxr.serving.schemas import ExplainResult, ModelCard
 
 DISPLAY_MAX_SIDE = 1024  # overlay and image come back at most this large (display size, not model input)
@@ -75,7 +75,9 @@ def explain_bytes(
 ) -> ExplainResult:
     """Decode an image and explain it for `target` (None: predicted class) with `method`; blocking."""
     predictor, method = state.predictor, check_method(method or state.settings.cam_method)
-    image = decode_bytes(data, name, state.settings.max_pixels, _side(predictor, state.settings.max_side))
+    image = decode_upload(
+        data, predictor.preprocess, state.settings.max_pixels, name, state.settings.max_side
+    )
     result = explain(predictor, image, method=method, target=_target(predictor, target))
     probabilities = result.probabilities
     return ExplainResult(
@@ -94,7 +96,7 @@ def gated_tensor(
     predictor: Predictor, data: bytes, max_pixels: int, name: str, max_side: int | None
 ) -> tuple[np.ndarray, GateResult]:
     """Encoded image bytes -> (the model's (C, H, W) float32 input, the input gate's result); blocking."""
-    image = decode_bytes(data, name, max_pixels, _side(predictor, max_side))
+    image = decode_upload(data, predictor.preprocess, max_pixels, name, max_side)
     return preprocess(image, predictor.preprocess).numpy(), predictor.gate(image)
 
 
@@ -103,11 +105,6 @@ def verdicts(
 ) -> list[dict[str, Any]]:
     """The bundle's conformal set and OOD verdict of each row, with its gate: abstain or not."""
     return predictor.reliability.assess(probs, features if features.shape[1] else None, gates)
-
-
-def _side(predictor: Predictor, max_side: int | None) -> int | None:
-    """The decoder's size reduction bound: at least the model's input size."""
-    return None if max_side is None else max(max_side, predictor.preprocess.size)
 
 
 def png_b64(rgb: np.ndarray) -> str:
